@@ -1,0 +1,48 @@
+//! Models, objectives and matrix-free curvature products on candle.
+//!
+//! The pieces, bottom up:
+//! - [`ParamLayout`]: one flat parameter tensor with named views;
+//! - [`Model`]: softmax regression or an MLP, its logits and initialisations;
+//! - [`Regularizer`]: the L2 and Laplacian penalties, both quadratic forms;
+//! - [`Objective`]: loss, gradient and curvature over a batch, implemented in
+//!   closed form ([`SoftmaxObjective`]), by the R-operator ([`MlpObjective`])
+//!   and by double backward for any candle model ([`AutodiffObjective`]);
+//! - [`LinOp`]: the curvature as an operator that counts its own products.
+
+pub mod autodiff;
+pub mod dense;
+pub mod error;
+pub mod linop;
+pub mod mlp;
+pub mod model;
+pub mod objective;
+pub mod params;
+pub mod regularizer;
+pub mod softmax;
+
+use std::sync::Arc;
+
+pub use autodiff::{AutodiffObjective, LogitsFn};
+pub use error::{ModelError, Result};
+pub use linop::{Counter, Damped, LinOp, Sum};
+pub use mlp::MlpObjective;
+pub use model::{Activation, Init, Model, ModelSpec};
+pub use objective::{Batches, CurvatureKind, Objective};
+pub use params::{ParamKind, ParamLayout, ParamSpec};
+pub use regularizer::{Penalty, Regularizer};
+pub use softmax::SoftmaxObjective;
+
+/// Builds the objective that fits `model`: closed forms for softmax
+/// regression, the R-operator for MLPs.
+pub fn objective_for(
+    model: &Model,
+    data: Batches,
+    penalties: Vec<Penalty>,
+) -> Result<Arc<dyn Objective>> {
+    Ok(match model.spec() {
+        ModelSpec::Softmax { .. } => {
+            Arc::new(SoftmaxObjective::new(model.clone(), data, penalties)?)
+        }
+        ModelSpec::Mlp { .. } => Arc::new(MlpObjective::new(model.clone(), data, penalties)?),
+    })
+}

@@ -1,0 +1,231 @@
+//! The [`Objective`] trait: what every solver needs from a model and its data.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::linop::LinOp;
+use crate::params::ParamLayout;
+
+/// Which curvature matrix a solver multiplies by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurvatureKind {
+    /// The exact Hessian ∇²f (indefinite for non-convex models).
+    Hessian,
+    /// The generalised Gauss-Newton matrix Jᵀ H_L J (positive semi-definite).
+    GaussNewton,
+}
+
+impl CurvatureKind {
+    pub const CHOICES: &'static str = "hessian, ggn";
+}
+
+impl FromStr for CurvatureKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hessian" => Ok(Self::Hessian),
+            "ggn" | "gauss-newton" => Ok(Self::GaussNewton),
+            other => Err(ModelError::Spec(format!(
+                "unknown curvature `{other}`; expected one of: {}",
+                Self::CHOICES
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for CurvatureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hessian => "hessian",
+            Self::GaussNewton => "ggn",
+        })
+    }
+}
+
+/// A smooth objective over a fixed batch of data, as a function of the flat
+/// parameter vector: `f(w) = mean_i CE(model(w, x_i), y_i) + penalties(w)`.
+pub trait Objective: Send + Sync {
+    fn layout(&self) -> &ParamLayout;
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+    /// Samples in the batch; one gradient touches all of them.
+    fn num_samples(&self) -> usize;
+
+    fn loss(&self, w: &Tensor) -> Result<f64>;
+    fn loss_and_grad(&self, w: &Tensor) -> Result<(f64, Tensor)>;
+
+    /// The curvature at `w` as an operator. The forward quantities it needs
+    /// (softmax probabilities, activations) are computed once here, so each
+    /// of the many products CG asks for costs only the linear passes.
+    fn curvature(&self, w: &Tensor, kind: CurvatureKind) -> Result<Arc<dyn LinOp>>;
+
+    /// A cheap positive diagonal approximation of the curvature at `w`, for
+    /// preconditioning CG.
+    fn diag_curvature(&self, w: &Tensor) -> Result<Tensor>;
+
+    /// The same objective over a subset of this batch's rows (indices into
+    /// `0..num_samples()`), for sub-sampled curvature.
+    fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>>;
+
+    fn dim(&self) -> usize {
+        self.layout().len()
+    }
+
+    /// One exact Hessian-vector product. Prefer [`Objective::curvature`]
+    /// when several products at the same `w` are needed.
+    fn hvp(&self, w: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.curvature(w, CurvatureKind::Hessian)?.apply(v)
+    }
+
+    /// One generalised Gauss-Newton product `Jᵀ H_L J v`.
+    fn ggn_vp(&self, w: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.curvature(w, CurvatureKind::GaussNewton)?.apply(v)
+    }
+}
+
+/// A batch of inputs and one-hot targets held in row chunks, so that a
+/// product over 60000 samples never builds one giant intermediate tensor:
+/// every data term is a sum over chunks.
+#[derive(Clone, Debug)]
+pub struct Batches {
+    chunks: Vec<(Tensor, Tensor)>,
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+}
+
+impl Batches {
+    /// Rows per chunk used unless a caller says otherwise.
+    pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
+
+    /// `x`: `[n, inputs]`, `y`: `[n, classes]` one-hot (or any probability rows).
+    pub fn new(x: &Tensor, y: &Tensor, chunk_rows: usize) -> Result<Self> {
+        let (n, inputs) = x.dims2()?;
+        let (ny, classes) = y.dims2()?;
+        if n != ny {
+            return Err(ModelError::Batch(format!(
+                "{n} input rows but {ny} target rows"
+            )));
+        }
+        if n == 0 {
+            return Err(ModelError::Batch("the batch is empty".into()));
+        }
+        if x.dtype() != y.dtype() {
+            return Err(ModelError::Batch(format!(
+                "inputs are {:?} but targets are {:?}",
+                x.dtype(),
+                y.dtype()
+            )));
+        }
+        let chunk_rows = chunk_rows.max(1);
+        let mut chunks = Vec::new();
+        for start in (0..n).step_by(chunk_rows) {
+            let len = chunk_rows.min(n - start);
+            chunks.push((
+                x.narrow(0, start, len)?.contiguous()?,
+                y.narrow(0, start, len)?.contiguous()?,
+            ));
+        }
+        Ok(Self {
+            chunks,
+            rows: n,
+            inputs,
+            classes,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    pub fn chunks(&self) -> &[(Tensor, Tensor)] {
+        &self.chunks
+    }
+
+    pub fn chunk_rows(&self) -> usize {
+        self.chunks.first().map_or(1, |c| c.0.dim(0).unwrap_or(1))
+    }
+
+    pub fn device(&self) -> &Device {
+        self.chunks[0].0.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.chunks[0].0.dtype()
+    }
+
+    /// The rows at `indices` (global, in `0..rows()`), in the same chunking.
+    pub fn select(&self, indices: &[usize]) -> Result<Self> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.rows) {
+            return Err(ModelError::Batch(format!(
+                "sub-sample index {bad} is out of range for {} rows",
+                self.rows
+            )));
+        }
+        let device = self.device();
+        let chunk_rows = self.chunk_rows();
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for (c, (x, y)) in self.chunks.iter().enumerate() {
+            let lo = c * chunk_rows;
+            let local: Vec<u32> = indices
+                .iter()
+                .filter(|&&i| i >= lo && i < lo + x.dim(0).unwrap_or(0))
+                .map(|&i| (i - lo) as u32)
+                .collect();
+            if local.is_empty() {
+                continue;
+            }
+            let idx = Tensor::from_vec(local.clone(), local.len(), device)?;
+            xs.push(x.index_select(&idx, 0)?);
+            ys.push(y.index_select(&idx, 0)?);
+        }
+        if xs.is_empty() {
+            return Err(ModelError::Batch("the sub-sample is empty".into()));
+        }
+        Self::new(&Tensor::cat(&xs, 0)?, &Tensor::cat(&ys, 0)?, chunk_rows)
+    }
+}
+
+/// Summed (not averaged) softmax cross-entropy of a chunk, computed stably
+/// with log-sum-exp, and the softmax probabilities.
+pub fn softmax_cross_entropy(logits: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_p = shifted.broadcast_sub(&lse)?;
+    let loss = (y * &log_p)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    Ok((-loss, log_p.exp()?))
+}
+
+/// The same loss as a differentiable candle scalar (for the autodiff path).
+pub fn softmax_cross_entropy_tensor(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_p = shifted.broadcast_sub(&lse)?;
+    Ok((y * &log_p)?.sum_all()?.neg()?)
+}
+
+/// `H_L z` for each row: the softmax cross-entropy Hessian `diag(p) − p pᵀ`
+/// applied to `z`, i.e. `p ⊙ z − p ⊙ (p·z)`.
+pub fn softmax_curvature_product(p: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let pz = (p * z)?;
+    let s = pz.sum_keepdim(D::Minus1)?;
+    Ok((pz - p.broadcast_mul(&s)?)?)
+}

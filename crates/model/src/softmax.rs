@@ -1,0 +1,259 @@
+//! Softmax regression with closed-form gradient and curvature products.
+//!
+//! With `Z = XW + b` and `P = softmax(Z)`, the loss is linear-then-CE, so the
+//! Gauss-Newton matrix *is* the Hessian, and one product costs two thin
+//! matrix products: `R = H_L(XV + v_b)`, then `XᵀR / n`.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::linop::{Counter, LinOp};
+use crate::model::{Model, ModelSpec};
+use crate::objective::{
+    Batches, CurvatureKind, Objective, softmax_cross_entropy, softmax_curvature_product,
+};
+use crate::params::ParamLayout;
+use crate::regularizer::{Penalty, Regularizer};
+
+pub struct SoftmaxObjective {
+    model: Model,
+    data: Batches,
+    reg: Arc<Regularizer>,
+}
+
+impl SoftmaxObjective {
+    pub fn new(model: Model, data: Batches, penalties: Vec<Penalty>) -> Result<Self> {
+        if !matches!(model.spec(), ModelSpec::Softmax { .. }) {
+            return Err(ModelError::Spec(format!(
+                "SoftmaxObjective needs a softmax model, got {}",
+                model.spec()
+            )));
+        }
+        check_shapes(&model, &data)?;
+        let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
+        Ok(Self {
+            model,
+            data,
+            reg: Arc::new(reg),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn data(&self) -> &Batches {
+        &self.data
+    }
+
+    pub fn regularizer(&self) -> &Arc<Regularizer> {
+        &self.reg
+    }
+
+    /// Weight matrix and optional bias views.
+    fn wb(&self, w: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let mut layers = self.model.layers(w)?;
+        Ok(layers.remove(0))
+    }
+
+    /// The softmax probabilities of every chunk at `w`.
+    pub fn probabilities(&self, w: &Tensor) -> Result<Vec<Tensor>> {
+        let (weight, bias) = self.wb(w)?;
+        self.data
+            .chunks()
+            .iter()
+            .map(|(x, y)| Ok(softmax_cross_entropy(&logits(x, &weight, bias.as_ref())?, y)?.1))
+            .collect()
+    }
+}
+
+/// Checks that the model and the batch agree on inputs, classes, device and dtype.
+pub(crate) fn check_shapes(model: &Model, data: &Batches) -> Result<()> {
+    if data.inputs() != model.inputs() || data.classes() != model.classes() {
+        return Err(ModelError::Batch(format!(
+            "the model takes {} inputs and {} classes, the batch has {} and {}",
+            model.inputs(),
+            model.classes(),
+            data.inputs(),
+            data.classes()
+        )));
+    }
+    Ok(())
+}
+
+fn logits(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let z = x.matmul(weight)?;
+    Ok(match bias {
+        Some(b) => z.broadcast_add(b)?,
+        None => z,
+    })
+}
+
+/// Packs per-layer weight/bias gradients into the flat layout.
+fn pack(layout: &ParamLayout, gw: Tensor, gb: Option<Tensor>) -> Result<Tensor> {
+    let mut parts = vec![gw];
+    parts.extend(gb);
+    layout.flatten(&parts)
+}
+
+impl Objective for SoftmaxObjective {
+    fn layout(&self) -> &ParamLayout {
+        self.model.layout()
+    }
+
+    fn device(&self) -> &Device {
+        self.data.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    fn num_samples(&self) -> usize {
+        self.data.rows()
+    }
+
+    fn loss(&self, w: &Tensor) -> Result<f64> {
+        let (weight, bias) = self.wb(w)?;
+        let mut total = 0.0;
+        for (x, y) in self.data.chunks() {
+            total += softmax_cross_entropy(&logits(x, &weight, bias.as_ref())?, y)?.0;
+        }
+        let (penalty, _) = self.reg.value_and_grad(w)?;
+        Ok(total / self.data.rows() as f64 + penalty)
+    }
+
+    fn loss_and_grad(&self, w: &Tensor) -> Result<(f64, Tensor)> {
+        let (weight, bias) = self.wb(w)?;
+        let n = self.data.rows() as f64;
+        let mut total = 0.0;
+        let mut gw = weight.zeros_like()?;
+        let mut gb = bias.as_ref().map(|b| b.zeros_like()).transpose()?;
+        for (x, y) in self.data.chunks() {
+            let (loss, p) = softmax_cross_entropy(&logits(x, &weight, bias.as_ref())?, y)?;
+            total += loss;
+            let r = (p - y)?;
+            gw = (gw + x.t()?.matmul(&r)?)?;
+            if let Some(g) = gb.as_mut() {
+                *g = (&*g + r.sum(0)?)?;
+            }
+        }
+        let grad = pack(self.layout(), gw, gb)?.affine(1.0 / n, 0.0)?;
+        let (penalty, pgrad) = self.reg.value_and_grad(w)?;
+        Ok((total / n + penalty, (grad + pgrad)?))
+    }
+
+    fn curvature(&self, w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
+        // The model is linear in w, so the Hessian and the GGN coincide.
+        let probabilities = self.probabilities(w)?;
+        let chunks = self
+            .data
+            .chunks()
+            .iter()
+            .zip(probabilities)
+            .map(|((x, _), p)| (x.clone(), p))
+            .collect();
+        Ok(Arc::new(SoftmaxCurvature {
+            layout: self.layout().clone(),
+            bias: self.model.has_bias(),
+            chunks,
+            rows: self.data.rows(),
+            reg: self.reg.clone(),
+            counter: Counter::default(),
+        }))
+    }
+
+    /// The exact diagonal of the Gauss-Newton matrix (= Hessian here):
+    /// `(X∘X)ᵀ (P∘(1−P)) / n` for the weights, plus the penalty's diagonal.
+    fn diag_curvature(&self, w: &Tensor) -> Result<Tensor> {
+        let probabilities = self.probabilities(w)?;
+        let mut dw: Option<Tensor> = None;
+        let mut db: Option<Tensor> = None;
+        for ((x, _), p) in self.data.chunks().iter().zip(probabilities) {
+            let a = (&p * (1.0 - &p)?)?;
+            let cw = x.sqr()?.t()?.matmul(&a)?;
+            let cb = a.sum(0)?;
+            dw = Some(match dw {
+                None => cw,
+                Some(d) => (d + cw)?,
+            });
+            db = Some(match db {
+                None => cb,
+                Some(d) => (d + cb)?,
+            });
+        }
+        let (Some(dw), Some(db)) = (dw, db) else {
+            return Err(ModelError::Batch("the batch is empty".into()));
+        };
+        let gb = self.model.has_bias().then_some(db);
+        let diag = pack(self.layout(), dw, gb)?.affine(1.0 / self.data.rows() as f64, 0.0)?;
+        Ok((diag + self.reg.diagonal()?)?)
+    }
+
+    fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
+        Ok(Arc::new(Self {
+            model: self.model.clone(),
+            data: self.data.select(indices)?,
+            reg: self.reg.clone(),
+        }))
+    }
+}
+
+/// The softmax-regression Hessian at a fixed point, summed over row chunks.
+pub struct SoftmaxCurvature {
+    layout: ParamLayout,
+    bias: bool,
+    /// `(X_chunk, P_chunk)` pairs.
+    chunks: Vec<(Tensor, Tensor)>,
+    rows: usize,
+    reg: Arc<Regularizer>,
+    counter: Counter,
+}
+
+impl SoftmaxCurvature {
+    /// The chunks' inputs and probabilities, for fused kernels and dense assembly.
+    pub fn chunks(&self) -> &[(Tensor, Tensor)] {
+        &self.chunks
+    }
+}
+
+impl LinOp for SoftmaxCurvature {
+    fn dim(&self) -> usize {
+        self.layout.len()
+    }
+
+    fn apply(&self, v: &Tensor) -> Result<Tensor> {
+        self.counter.tick();
+        let vw = self.layout.view(v, "layer0.weight")?;
+        let vb = if self.bias {
+            Some(self.layout.view(v, "layer0.bias")?)
+        } else {
+            None
+        };
+        let mut hw = vw.zeros_like()?;
+        let mut hb = vb.as_ref().map(|b| b.zeros_like()).transpose()?;
+        for (x, p) in &self.chunks {
+            let z = logits(x, &vw, vb.as_ref())?;
+            let r = softmax_curvature_product(p, &z)?;
+            hw = (hw + x.t()?.matmul(&r)?)?;
+            if let Some(h) = hb.as_mut() {
+                *h = (&*h + r.sum(0)?)?;
+            }
+        }
+        let hv = pack(&self.layout, hw, hb)?.affine(1.0 / self.rows as f64, 0.0)?;
+        if self.reg.is_empty() {
+            return Ok(hv);
+        }
+        Ok((hv + self.reg.apply_q(v)?)?)
+    }
+
+    fn samples_per_apply(&self) -> usize {
+        self.rows
+    }
+
+    fn applications(&self) -> usize {
+        self.counter.get()
+    }
+}

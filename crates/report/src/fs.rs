@@ -1,0 +1,286 @@
+//! Atomic file writes.
+//!
+//! Reports are regenerated and compared against committed copies, and a run
+//! can be interrupted (Ctrl-C, a CI timeout) at any moment. A half-written
+//! `summary.json` or a truncated PNG that looks like a real file is worse than
+//! no file, so every file this crate produces is written to a temporary file
+//! in the destination directory, flushed to disk, and renamed over the
+//! destination. A rename within one directory is atomic on POSIX file systems
+//! (and replaces the target on Windows), so readers see either the old file or
+//! the complete new one.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{ReportError, Result};
+
+/// Distinguishes temporary files created by different threads of one
+/// process; the process id distinguishes processes.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates `dir` and any missing parents; succeeds if it already exists as a
+/// directory.
+pub fn ensure_dir(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    fs::create_dir_all(dir).map_err(|e| ReportError::io("create directory", dir, e))?;
+    // create_dir_all succeeds on an existing directory but also, on some
+    // platforms, reports odd errors for an existing file; check explicitly so
+    // the caller learns the real problem.
+    if !dir.is_dir() {
+        return Err(ReportError::io(
+            "create directory",
+            dir,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Atomically replaces (or creates) `path` with `bytes`.
+///
+/// The parent directory must exist; see [`ensure_dir`].
+pub fn write_atomic(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<()> {
+    let bytes = bytes.as_ref();
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Atomically replaces (or creates) `path` with whatever `fill` writes.
+///
+/// `fill` receives a buffered writer on a temporary file next to `path`. If
+/// `fill` or any later step fails, the temporary file is removed and `path` is
+/// left untouched. Use this for output that is produced incrementally (a large
+/// CSV) rather than built in memory first.
+pub fn write_atomic_with<F>(path: impl AsRef<Path>, fill: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let path = path.as_ref();
+    let temp = temp_path_for(path)?;
+
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .map_err(|e| ReportError::io("create temporary file for", path, e))?;
+    let mut guard = TempGuard {
+        path: temp,
+        armed: true,
+    };
+
+    let mut writer = BufWriter::new(file);
+    fill(&mut writer).map_err(|e| ReportError::io("write", path, e))?;
+    let file: File = writer
+        .into_inner()
+        .map_err(|e| ReportError::io("write", path, e.into_error()))?;
+    // Without the fsync a crash shortly after the rename can leave a
+    // zero-length file under the final name on some file systems.
+    file.sync_all()
+        .map_err(|e| ReportError::io("flush to disk", path, e))?;
+    drop(file);
+
+    fs::rename(&guard.path, path).map_err(|e| ReportError::io("rename into place", path, e))?;
+    guard.disarm();
+
+    sync_parent_dir(path);
+    Ok(())
+}
+
+/// `.{name}.tmp-{pid}-{counter}` in the same directory as `path`: the same
+/// directory so the final rename never crosses a file system, hidden so a
+/// leftover from a killed process does not look like a report.
+fn temp_path_for(path: &Path) -> Result<PathBuf> {
+    let name = path.file_name().ok_or_else(|| {
+        ReportError::invalid(
+            format!("writing {}", path.display()),
+            "the path does not name a file",
+        )
+    })?;
+    let mut temp_name = OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok(match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(temp_name),
+        _ => PathBuf::from(temp_name),
+    })
+}
+
+/// Makes the rename itself durable. Best effort: some file systems refuse to
+/// open or sync a directory, and the data is already safely in the file.
+fn sync_parent_dir(path: &Path) {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Ok(dir) = File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Removes the temporary file on every early return (and on unwinding).
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_new_file_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        write_atomic(&path, b"hello").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        assert_eq!(dir_entries(dir.path()), vec!["out.txt".to_string()]);
+    }
+
+    #[test]
+    fn replaces_existing_content_entirely() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        fs::write(&path, "a much longer original content").unwrap();
+        write_atomic(&path, "short").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "short");
+        assert_eq!(dir_entries(dir.path()), vec!["out.txt".to_string()]);
+    }
+
+    #[test]
+    fn failing_writer_keeps_old_file_and_removes_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keep.txt");
+        fs::write(&path, "original").unwrap();
+        let err = write_atomic_with(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("generator failed"))
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("keep.txt"), "{msg}");
+        assert!(msg.contains("generator failed"), "{msg}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "original");
+        assert_eq!(dir_entries(dir.path()), vec!["keep.txt".to_string()]);
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("out.svg");
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert!(matches!(err, ReportError::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert!(!path.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn read_only_directory_is_an_error_naming_the_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let locked = dir.path().join("locked");
+        fs::create_dir(&locked).unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+        let path = locked.join("out.json");
+        let result = write_atomic(&path, b"{}");
+        // Root ignores directory permissions; only assert where they apply.
+        let probe = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(locked.join("probe"));
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+        if probe.is_err() {
+            let err = result.unwrap_err();
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
+            assert!(dir_entries(&locked).is_empty());
+        }
+    }
+
+    #[test]
+    fn path_without_file_name_is_rejected() {
+        let err = write_atomic("/", b"x").unwrap_err();
+        assert!(matches!(err, ReportError::InvalidInput { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn writing_onto_a_directory_fails_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("sub");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inner"), "x").unwrap();
+        let err = write_atomic(&target, b"x").unwrap_err();
+        assert!(err.to_string().contains("sub"), "{err}");
+        assert_eq!(dir_entries(dir.path()), vec!["sub".to_string()]);
+    }
+
+    #[test]
+    fn ensure_dir_creates_nested_and_rejects_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a").join("b");
+        ensure_dir(&nested).unwrap();
+        assert!(nested.is_dir());
+        ensure_dir(&nested).unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let err = ensure_dir(&file).unwrap_err();
+        assert!(err.to_string().contains("file"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_writers_use_distinct_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.txt");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = &path;
+                s.spawn(move || write_atomic(path, format!("writer {i}")).unwrap());
+            }
+        });
+        let content = fs::read_to_string(&path).unwrap();
+        assert!(content.starts_with("writer "), "{content}");
+        assert_eq!(dir_entries(dir.path()), vec!["shared.txt".to_string()]);
+    }
+}

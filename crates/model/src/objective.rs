@@ -81,6 +81,14 @@ pub trait Objective: Send + Sync {
         self.curvature(w, CurvatureKind::Hessian)?.apply(v)
     }
 
+    /// The curvature at `w` as a dense matrix. The default applies the
+    /// operator to every unit vector (`dim` products): fine for tiny models.
+    /// Softmax regression overrides it with the closed form.
+    fn dense_curvature(&self, w: &Tensor, kind: CurvatureKind) -> Result<faer::Mat<f64>> {
+        let op = self.curvature(w, kind)?;
+        crate::linop::assemble_dense(op.as_ref(), self.device(), self.dtype())
+    }
+
     /// One generalised Gauss-Newton product `Jᵀ H_L J v`.
     fn ggn_vp(&self, w: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.curvature(w, CurvatureKind::GaussNewton)?.apply(v)

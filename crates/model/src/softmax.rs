@@ -199,6 +199,11 @@ impl Objective for SoftmaxObjective {
             reg: self.reg.clone(),
         }))
     }
+
+    /// The closed form (block Gram matrices), far cheaper than `dim` products.
+    fn dense_curvature(&self, w: &Tensor, _kind: CurvatureKind) -> Result<faer::Mat<f64>> {
+        crate::dense::assemble_softmax_hessian(self, w)
+    }
 }
 
 /// The softmax-regression Hessian at a fixed point, summed over row chunks.

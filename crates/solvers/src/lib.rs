@@ -1,1 +1,29 @@
-//! placeholder
+//! Solvers on top of hessfree's objectives and curvature operators, run
+//! through argmin's `Executor`: damped Newton-CG (our own argmin solver),
+//! trust-region Newton-CG (argmin's `TrustRegion` + `Steihaug`), L-BFGS,
+//! SGD and dense Newton, with one trace format and one set of stopping rules.
+
+pub mod baselines;
+pub mod cg;
+pub mod dense_newton;
+pub mod error;
+pub mod line_search;
+pub mod newton_cg;
+pub mod params;
+pub mod problem;
+pub mod run;
+pub mod sgd;
+pub mod stop;
+pub mod trace;
+
+pub use baselines::{LbfgsConfig, TrustRegionConfig};
+pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
+pub use dense_newton::{DenseNewton, DenseNewtonConfig};
+pub use error::{Result, SolverError};
+pub use newton_cg::{NewtonCg, NewtonCgConfig};
+pub use params::Params;
+pub use problem::{CurvatureOperator, HfProblem};
+pub use run::{Evaluator, Method, OnRecord, RunOptions, RunOutput, run};
+pub use sgd::{Sgd, SgdConfig};
+pub use stop::{StopReason, StopRules};
+pub use trace::{Counters, Counts, TraceRecord};

@@ -1,0 +1,84 @@
+//! What every solver reports per iteration, and the shared cost counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// One row of a convergence trace. Fields a solver does not have are `None`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    pub iter: u64,
+    /// Solver time since the start; trace evaluation is not charged.
+    pub wall_seconds: f64,
+    /// Full-batch training objective, penalties included.
+    pub objective: f64,
+    pub grad_norm: f64,
+    pub test_accuracy: Option<f64>,
+    pub grad_evals: u64,
+    pub loss_evals: u64,
+    pub hvp_evals: u64,
+    /// Samples touched divided by the training-set size.
+    pub data_passes: f64,
+    pub damping: Option<f64>,
+    pub radius: Option<f64>,
+    pub cg_iters: Option<u64>,
+    pub step_size: Option<f64>,
+}
+
+/// Cost counters shared by the problem and its curvature operators.
+#[derive(Debug, Default)]
+pub struct Counters {
+    grad_evals: AtomicU64,
+    loss_evals: AtomicU64,
+    hvp_evals: AtomicU64,
+    samples: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub grad_evals: u64,
+    pub loss_evals: u64,
+    pub hvp_evals: u64,
+    pub samples: u64,
+}
+
+impl Counters {
+    pub fn grad(&self, samples: usize) {
+        self.grad_evals.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(samples as u64, Ordering::Relaxed);
+    }
+
+    pub fn loss(&self, samples: usize) {
+        self.loss_evals.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(samples as u64, Ordering::Relaxed);
+    }
+
+    pub fn hvp(&self, samples: usize) {
+        self.hvp_evals.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(samples as u64, Ordering::Relaxed);
+    }
+
+    /// Samples touched outside the three counted operations (e.g. the
+    /// forward pass that caches a curvature operator's probabilities).
+    pub fn touch(&self, samples: usize) {
+        self.samples.fetch_add(samples as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            grad_evals: self.grad_evals.load(Ordering::Relaxed),
+            loss_evals: self.loss_evals.load(Ordering::Relaxed),
+            hvp_evals: self.hvp_evals.load(Ordering::Relaxed),
+            samples: self.samples.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets every counter (used when resuming a run).
+    pub fn restore(&self, c: Counts) {
+        self.grad_evals.store(c.grad_evals, Ordering::Relaxed);
+        self.loss_evals.store(c.loss_evals, Ordering::Relaxed);
+        self.hvp_evals.store(c.hvp_evals, Ordering::Relaxed);
+        self.samples.store(c.samples, Ordering::Relaxed);
+    }
+}

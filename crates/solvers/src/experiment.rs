@@ -1,0 +1,226 @@
+//! One optimisation problem on a data set, ready to run any [`Method`] on:
+//! the model, the full-batch training objective, its curvature sample and
+//! the test set for accuracy. The harness builds one per run and never
+//! touches the model or the data itself.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use hessfree_data::{Dataset, subsample_indices};
+use hessfree_model::{
+    Batches, CurvatureKind, Init, Model, ModelSpec, Objective, Penalty, objective_for,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SolverError};
+use crate::problem::HfProblem;
+use crate::run::{Evaluator, Method, RunOptions, RunOutput, run};
+
+/// Everything that defines the problem (not the solver).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProblemSpec {
+    pub model: String,
+    pub activation: String,
+    pub l2: f64,
+    pub laplace: f64,
+    pub init: String,
+    pub curvature: String,
+    /// Fraction of the training set the curvature is computed on (1 = all).
+    pub hessian_fraction: f64,
+    pub seed: u64,
+    pub dtype: String,
+}
+
+impl Default for ProblemSpec {
+    fn default() -> Self {
+        Self {
+            model: "softmax".into(),
+            activation: "tanh".into(),
+            l2: 1e-4,
+            laplace: 0.0,
+            init: "zero".into(),
+            curvature: "hessian".into(),
+            hessian_fraction: 1.0,
+            seed: 0,
+            dtype: "f64".into(),
+        }
+    }
+}
+
+/// The parsed form of a [`ProblemSpec`].
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub model: ModelSpec,
+    pub penalties: Vec<Penalty>,
+    pub init: Init,
+    pub curvature: CurvatureKind,
+    pub dtype: DType,
+}
+
+impl ProblemSpec {
+    /// Checks every field and says what was expected where one is wrong.
+    pub fn parse(&self, image_rows: usize, image_cols: usize) -> Result<Parsed> {
+        let activation = self.activation.parse()?;
+        let model = ModelSpec::parse(&self.model, activation)?;
+        let init = self.init.parse()?;
+        let curvature = self.curvature.parse()?;
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "f64" => DType::F64,
+            other => {
+                return Err(SolverError::Config(format!(
+                    "unsupported dtype `{other}`; expected one of: f32, f64"
+                )));
+            }
+        };
+        if !(self.hessian_fraction > 0.0 && self.hessian_fraction <= 1.0) {
+            return Err(SolverError::Config(format!(
+                "hessian fraction must be in (0, 1], got {}",
+                self.hessian_fraction
+            )));
+        }
+        for (name, v) in [("l2", self.l2), ("laplace", self.laplace)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(SolverError::Config(format!(
+                    "--{name} must be finite and >= 0, got {v}"
+                )));
+            }
+        }
+        let mut penalties = Vec::new();
+        if self.l2 > 0.0 {
+            penalties.push(Penalty::L2 { lam: self.l2 });
+        }
+        if self.laplace > 0.0 {
+            penalties.push(Penalty::Laplacian {
+                eps: self.laplace,
+                rows: image_rows,
+                cols: image_cols,
+            });
+        }
+        Ok(Parsed {
+            model,
+            penalties,
+            init,
+            curvature,
+            dtype,
+        })
+    }
+}
+
+/// A prepared problem: tensors on the device, objective built.
+pub struct Experiment {
+    pub spec: ProblemSpec,
+    pub parsed: Parsed,
+    pub model: Model,
+    pub objective: Arc<dyn Objective>,
+    pub train_x: Tensor,
+    pub train_labels: Tensor,
+    pub test_x: Tensor,
+    pub test_labels: Tensor,
+    pub device: Device,
+}
+
+/// Rows per chunk of every data-set-level product.
+const CHUNK_ROWS: usize = 10_000;
+/// Rows per chunk when computing accuracies.
+const EVAL_CHUNK: usize = 10_000;
+
+impl Experiment {
+    pub fn prepare(
+        spec: ProblemSpec,
+        train: &Dataset,
+        test: &Dataset,
+        device: &Device,
+    ) -> Result<Self> {
+        let parsed = spec.parse(train.rows, train.cols)?;
+        let model = Model::new(
+            parsed.model.clone(),
+            train.pixels_per_image(),
+            train.classes as usize,
+        )?;
+        let tr = train.to_tensors(device, parsed.dtype)?;
+        let te = test.to_tensors(device, parsed.dtype)?;
+        let objective = objective_for(
+            &model,
+            Batches::new(&tr.images, &tr.one_hot, CHUNK_ROWS)?,
+            parsed.penalties.clone(),
+        )?;
+        Ok(Self {
+            spec,
+            parsed,
+            model,
+            objective,
+            train_x: tr.images,
+            train_labels: tr.labels,
+            test_x: te.images,
+            test_labels: te.labels,
+            device: device.clone(),
+        })
+    }
+
+    pub fn initial_point(&self) -> Result<Tensor> {
+        Ok(self.model.init(
+            self.parsed.init,
+            self.spec.seed,
+            &self.device,
+            self.parsed.dtype,
+        )?)
+    }
+
+    /// The problem a method runs on: curvature on a fixed sub-sample where
+    /// the method asks for one (dense Newton's `hessian_batch`, or the
+    /// `hessian_fraction` of the second-order methods).
+    pub fn problem_for(&self, method: &Method) -> Result<HfProblem> {
+        let n = self.objective.num_samples();
+        let rows = match method {
+            Method::DenseNewton(c) => c.hessian_batch.map(|b| b.min(n)),
+            Method::NewtonCg(_) | Method::TrustRegion(_) if self.spec.hessian_fraction < 1.0 => {
+                Some(((n as f64 * self.spec.hessian_fraction).round() as usize).max(1))
+            }
+            _ => None,
+        };
+        let curvature = match rows {
+            Some(rows) if rows < n => {
+                let idx = subsample_indices(n, rows, self.spec.seed)?;
+                self.objective.subsample(&idx)?
+            }
+            _ => self.objective.clone(),
+        };
+        Ok(HfProblem::new(
+            self.objective.clone(),
+            curvature,
+            self.parsed.curvature,
+        ))
+    }
+
+    pub fn test_accuracy(&self, w: &Tensor) -> Result<f64> {
+        Ok(self
+            .model
+            .accuracy(w, &self.test_x, &self.test_labels, EVAL_CHUNK)?)
+    }
+
+    pub fn train_accuracy(&self, w: &Tensor) -> Result<f64> {
+        Ok(self
+            .model
+            .accuracy(w, &self.train_x, &self.train_labels, EVAL_CHUNK)?)
+    }
+
+    /// An evaluator for the trace (test accuracy every few records).
+    pub fn evaluator(self: &Arc<Self>) -> Evaluator {
+        let me = self.clone();
+        Arc::new(move |w: &Tensor| me.test_accuracy(w))
+    }
+
+    /// Runs one method from the problem's initial point.
+    pub fn run(self: &Arc<Self>, method: &Method, mut opts: RunOptions) -> Result<RunOutput> {
+        if opts.test_accuracy.is_none() {
+            opts.test_accuracy = Some(self.evaluator());
+        }
+        run(
+            method,
+            self.problem_for(method)?,
+            self.initial_point()?,
+            opts,
+        )
+    }
+}

@@ -11,7 +11,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod check_curvature;
+mod compare;
 mod data_info;
+mod eval;
+mod provenance;
+mod report;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +34,15 @@ struct Cli {
 enum Command {
     /// Load the data set and print counts, class balance and pixel statistics.
     DataInfo(data_info::DataInfoArgs),
+    /// Print the test accuracy of saved weights (`weights.safetensors`).
+    Eval(eval::EvalArgs),
+    /// Check gradients and curvature products against finite differences,
+    /// dense matrices and double backward (like gradcheck/gradgradcheck).
+    CheckCurvature(check_curvature::Args),
+    /// Run optimisers side by side and write a convergence report.
+    Compare(Box<compare::CompareArgs>),
+    /// Regenerate committed reports from their data, or check them (--check).
+    Report(report::ReportArgs),
 }
 
 /// Where to find the IDX files; shared by every subcommand that loads data.
@@ -41,10 +55,22 @@ pub struct DataDirArgs {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
+        // Candle detaches gradients unless this is set before a thread's
+        // first backward pass; double backward needs the graph. `cargo run`
+        // sets it through .cargo/config.toml, an installed binary does not.
+        // SAFETY: this is the first statement of `main`: no other thread
+        // exists yet that could read or write the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+    }
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::DataInfo(args) => data_info::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::CheckCurvature(args) => check_curvature::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

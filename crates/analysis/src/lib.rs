@@ -1,1 +1,56 @@
-//! placeholder
+//! Curvature analysis for hessfree: what the Hessian looks like, measured
+//! through products alone where possible and through the assembled matrix
+//! where the question is about the matrix itself.
+//!
+//! - [`lanczos`]: Lanczos with full reorthogonalisation: extremal eigenvalues
+//!   with residual bounds, and the tridiagonal matrix behind them;
+//! - [`trace`]: Hutchinson's trace estimator with Rademacher probes and a
+//!   confidence interval;
+//! - [`slq`]: the spectral density by stochastic Lanczos quadrature;
+//! - [`cg`]: conjugate gradients on a [`LinOp`](hessfree_model::LinOp), to
+//!   count the iterations a Newton system needs;
+//! - [`spectrum`]: all of the above for one objective at one point;
+//! - [`rank`]: the assembled softmax-regression Hessian restricted to the
+//!   pixels a batch uses, its numerical rank and the rank identity
+//!   `rank(H) = (k−1)·rank(X)`;
+//! - [`spy`]: spy plots of assembled Hessians;
+//! - [`memory`]: dense bytes against the measured working memory of the
+//!   matrix-free operator;
+//! - [`study`]: the computing parts of `cargo xtask hessian` (the rank study
+//!   over MNIST batches, certified smallest eigenvalues, Newton-system CG
+//!   counts).
+//!
+//! Nothing here optimises: the points at which curvature is analysed come
+//! from the caller.
+
+pub mod cg;
+pub mod error;
+pub mod lanczos;
+pub mod memory;
+pub mod rank;
+pub mod slq;
+pub mod spectrum;
+pub mod spy;
+pub mod study;
+pub mod trace;
+mod util;
+
+pub use cg::{CgOptions, CgResult, conjugate_gradient};
+pub use error::{AnalysisError, Result};
+pub use lanczos::{LanczosResult, RitzValue, lanczos, lanczos_from, tridiagonal_eigen};
+pub use memory::{OperatorMemory, ProcMemory, dense_hessian_bytes, measure_operator_memory};
+pub use rank::{
+    AssembledHessian, BatchRank, NumericalRank, active_pixels, assemble_softmax_data_hessian,
+    batch_rank, numerical_rank, rank_tolerance, singular_values, symmetric_eigenvalues,
+};
+pub use slq::{SpectralNodes, gaussian_density, slq_density};
+pub use spectrum::{
+    DampedCondition, SpectrumOptions, SpectrumReport, damped_condition, laplacian_gram_extremes,
+    laplacian_smoothest_mode, operator_spectrum, rayleigh_quotient, shift_direction,
+    spectrum_report,
+};
+pub use spy::{HessianOrder, hessian_spy_mask};
+pub use trace::{TraceEstimate, hutchinson_trace, student_t_975};
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,7 @@
 pub mod autodiff;
 pub mod dense;
 pub mod error;
+pub mod fused;
 pub mod linop;
 pub mod mlp;
 pub mod model;
@@ -19,6 +20,7 @@ pub mod objective;
 pub mod params;
 pub mod regularizer;
 pub mod softmax;
+pub mod weights;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub use objective::{Batches, CurvatureKind, Objective};
 pub use params::{ParamKind, ParamLayout, ParamSpec};
 pub use regularizer::{Penalty, Regularizer};
 pub use softmax::SoftmaxObjective;
+pub use weights::{WEIGHTS_FILE, WeightsError, load_weights, load_weights_stored, save_weights};
 
 /// Builds the objective that fits `model`: closed forms for softmax
 /// regression, the R-operator for MLPs.

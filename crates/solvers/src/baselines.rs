@@ -1,7 +1,7 @@
 //! argmin's own solvers configured for hessfree: trust-region Newton-CG
 //! (Steihaug) and L-BFGS.
 
-use argmin::core::{IterState, KV, Problem, Solver, TerminationStatus, TrustRegionRadius};
+use argmin::core::{IterState, KV, Problem, Solver, State, TerminationReason, TerminationStatus, TrustRegionRadius};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use argmin::solver::trustregion::{Steihaug, TrustRegion};
@@ -20,15 +20,16 @@ use crate::problem::CurvatureOperator;
 ///   start, so the start is generous here.
 /// - `Steihaug` treats its `epsilon` both as the relative CG tolerance and as
 ///   an *absolute* threshold on ‖g‖ below which it returns a zero step, so a
-///   fixed epsilon stalls the trust region once ‖g‖ < epsilon. [`ForcedSteihaug`]
-///   sets it per outer iteration to `min(cg_rel_tol, ‖g‖/2)`.
+///   fixed epsilon stalls the trust region once ‖g‖ < epsilon, and it has no
+///   forcing sequence. [`ForcedSteihaug`] replaces that test with
+///   `‖r‖ ≤ min(cg_rel_tol, √‖g‖)·‖g‖`, the forcing Newton-CG uses too.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrustRegionConfig {
     pub initial_radius: f64,
     pub max_radius: f64,
     /// Steps with reduction ratio ρ ≤ eta are rejected.
     pub eta: f64,
-    /// Steihaug's CG stops at ‖r‖ < tol·‖g‖.
+    /// Steihaug's CG stops at ‖r‖ ≤ min(tol, √‖g‖)·‖g‖.
     pub cg_rel_tol: f64,
     pub cg_max_iters: u64,
 }
@@ -39,7 +40,7 @@ impl Default for TrustRegionConfig {
             initial_radius: 10.0,
             max_radius: 1e4,
             eta: 0.125,
-            cg_rel_tol: 1e-2,
+            cg_rel_tol: 0.5,
             cg_max_iters: 250,
         }
     }
@@ -47,13 +48,18 @@ impl Default for TrustRegionConfig {
 
 pub type TrustRegionSolver = TrustRegion<ForcedSteihaug, f64>;
 
-/// argmin's Steihaug CG with its tolerance chosen per outer iteration from
-/// the gradient norm (see [`TrustRegionConfig`]).
+/// argmin's Steihaug CG with a forcing sequence: it stops once
+/// `‖r‖ ≤ η‖g‖` with `η = min(cg_rel_tol, √‖g‖)` (see [`TrustRegionConfig`]).
+/// Steihaug's own epsilon is set to the smallest positive number so that its
+/// absolute test never fires; this wrapper makes the relative test instead,
+/// from the `‖r‖²` Steihaug stores as the state's cost.
 #[derive(Clone)]
 pub struct ForcedSteihaug {
     rel_tol: f64,
     max_iters: u64,
     radius: f64,
+    /// `η·‖g‖` for the current outer iteration.
+    threshold: f64,
     inner: Steihaug<Params, f64>,
 }
 
@@ -73,34 +79,33 @@ where
         "Steihaug"
     }
 
-    fn init(
-        &mut self,
-        problem: &mut Problem<O>,
-        state: SubState,
-    ) -> Result<(SubState, Option<KV>), argmin::core::Error> {
+    fn init(&mut self, problem: &mut Problem<O>, state: SubState) -> Result<(SubState, Option<KV>), argmin::core::Error> {
         let g_norm = match state.get_gradient() {
             Some(g) => argmin_math::ArgminL2Norm::<f64>::l2_norm(g),
             None => f64::NAN,
         };
-        let eps = self.rel_tol.min(0.5 * g_norm).max(f64::EPSILON);
-        let eps = if eps.is_finite() { eps } else { self.rel_tol };
+        self.threshold = self.rel_tol.min(g_norm.sqrt()) * g_norm;
         self.inner = Steihaug::new()
-            .with_epsilon(eps)?
+            .with_epsilon(f64::MIN_POSITIVE)?
             .with_max_iters(self.max_iters);
         self.inner.set_radius(self.radius);
         self.inner.init(problem, state)
     }
 
-    fn next_iter(
-        &mut self,
-        problem: &mut Problem<O>,
-        state: SubState,
-    ) -> Result<(SubState, Option<KV>), argmin::core::Error> {
+    fn next_iter(&mut self, problem: &mut Problem<O>, state: SubState) -> Result<(SubState, Option<KV>), argmin::core::Error> {
         self.inner.next_iter(problem, state)
     }
 
     fn terminate(&mut self, state: &SubState) -> TerminationStatus {
-        self.inner.terminate(state)
+        let inner = self.inner.terminate(state);
+        if inner.terminated() {
+            return inner;
+        }
+        // Steihaug stores ‖r‖² as the cost after each step.
+        if state.get_iter() > 0 && state.get_cost().sqrt() <= self.threshold {
+            return TerminationStatus::Terminated(TerminationReason::SolverConverged);
+        }
+        TerminationStatus::NotTerminated
     }
 }
 
@@ -117,6 +122,7 @@ impl TrustRegionConfig {
             rel_tol: self.cg_rel_tol,
             max_iters: self.cg_max_iters,
             radius: self.initial_radius,
+            threshold: 0.0,
             inner: Steihaug::new(),
         };
         TrustRegion::new(steihaug)

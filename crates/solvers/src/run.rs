@@ -53,6 +53,18 @@ impl Method {
         }
     }
 
+    /// Checks the settings without running anything, so a harness can refuse
+    /// a bad value before any work or output.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Method::Sgd(c) => c.validate(),
+            Method::NewtonCg(c) => c.validate(),
+            Method::TrustRegion(c) => c.build().map(|_| ()),
+            Method::Lbfgs(c) => c.build().map(|_| ()),
+            Method::DenseNewton(c) => DenseNewton::new(c.clone()).map(|_| ()),
+        }
+    }
+
     /// Whether the solver's state holds the full-batch objective and gradient
     /// (SGD's holds a mini-batch's, so its trace is evaluated separately).
     fn full_batch_state(&self) -> bool {

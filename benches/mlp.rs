@@ -1,0 +1,147 @@
+//! MLP 784-256-10 (tanh) on CPU, f32: the gradient, the exact HVP
+//! (Pearlmutter's R-operator) and the Gauss-Newton product, at n = 1000 and
+//! n = 60000. Throughput is in samples per second.
+//!
+//! Benchmark ids: `cpu/mlp/{op}/f32/n{n}/{variant}` where `op` is `grad`,
+//! `hvp` or `ggn`, and `variant` is
+//! - `cold`: from scratch at a new point (forward pass, then the product),
+//!   comparable with JAX's `jvp(grad)`;
+//! - `apply`: one more product with the curvature operator at a fixed point,
+//!   its forward caches already built (what every CG step pays); n = 1000 only.
+//!
+//! Built with `--features cuda`, `grad`, `hvp` and `ggn` (`cold`) also run on
+//! the first CUDA device as `cuda/mlp/...` (see `mlp_cuda`).
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hessfree_model::{Activation, CurvatureKind, Init, MlpObjective, Model, ModelSpec, Objective};
+
+fn mlp(c: &mut Criterion) {
+    let dtype = DType::F32;
+    for n in [1000usize, 60_000] {
+        let spec = ModelSpec::Mlp {
+            hidden: vec![256],
+            activation: Activation::Tanh,
+        };
+        let model = Model::new(spec, 784, 10).expect("model");
+        let w = model
+            .init(Init::Glorot, 1, &Device::Cpu, dtype)
+            .expect("init");
+        let obj =
+            MlpObjective::new(model, common::batches(n, dtype), Vec::new()).expect("objective");
+        let v = common::random(obj.dim(), 0.05, 2, dtype);
+        let big = n >= 10_000;
+        let time = if big {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_secs(2)
+        };
+        let name = |op: &str| format!("cpu/mlp/{op}/f32/n{n}");
+
+        let mut g = c.benchmark_group(name("grad"));
+        g.throughput(Throughput::Elements(n as u64))
+            .measurement_time(time);
+        g.bench_function("cold", |b| {
+            b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
+        });
+        g.finish();
+
+        for (op, kind) in [
+            ("hvp", CurvatureKind::Hessian),
+            ("ggn", CurvatureKind::GaussNewton),
+        ] {
+            let mut g = c.benchmark_group(name(op));
+            g.throughput(Throughput::Elements(n as u64))
+                .measurement_time(time);
+            g.bench_function("cold", |b| {
+                b.iter(|| {
+                    let op = obj.curvature(&w, kind).expect("curvature");
+                    black_box(op.apply(&v).expect("product"))
+                })
+            });
+            if !big {
+                let op = obj.curvature(&w, kind).expect("curvature");
+                g.bench_function("apply", |b| {
+                    b.iter(|| black_box(op.apply(&v).expect("product")))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// The same products on the first CUDA device, `cuda/mlp/{op}/f32/n{n}/cold`;
+/// the clock stops after `Device::synchronize`. Written without a GPU or
+/// CUDA toolkit at hand: neither compiled nor run yet.
+#[cfg(feature = "cuda")]
+fn mlp_cuda(c: &mut Criterion) {
+    use hessfree_model::Batches;
+    let dev = match Device::new_cuda(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("skipping the CUDA benches: {e}");
+            return;
+        }
+    };
+    let dtype = DType::F32;
+    for n in [1000usize, 60_000] {
+        let spec = ModelSpec::Mlp {
+            hidden: vec![256],
+            activation: Activation::Tanh,
+        };
+        let model = Model::new(spec, 784, 10).expect("model");
+        let w = model.init(Init::Glorot, 1, &dev, dtype).expect("init");
+        let t = common::subset(n).to_tensors(&dev, dtype).expect("tensors");
+        let data =
+            Batches::new(&t.images, &t.one_hot, Batches::DEFAULT_CHUNK_ROWS).expect("batches");
+        let obj = MlpObjective::new(model, data, Vec::new()).expect("objective");
+        let v = common::random(obj.dim(), 0.05, 2, dtype)
+            .to_device(&dev)
+            .expect("v");
+        let name = |op: &str| format!("cuda/mlp/{op}/f32/n{n}");
+        let mut g = c.benchmark_group(name("grad"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("cold", |b| {
+            b.iter(|| {
+                let out = obj.loss_and_grad(&w).expect("grad");
+                dev.synchronize().expect("synchronize");
+                black_box(out)
+            })
+        });
+        g.finish();
+        for (op, kind) in [
+            ("hvp", CurvatureKind::Hessian),
+            ("ggn", CurvatureKind::GaussNewton),
+        ] {
+            let mut g = c.benchmark_group(name(op));
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function("cold", |b| {
+                b.iter(|| {
+                    let op = obj.curvature(&w, kind).expect("curvature");
+                    let out = op.apply(&v).expect("product");
+                    dev.synchronize().expect("synchronize");
+                    black_box(out)
+                })
+            });
+            g.finish();
+        }
+    }
+}
+
+fn all(c: &mut Criterion) {
+    mlp(c);
+    #[cfg(feature = "cuda")]
+    mlp_cuda(c);
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = all
+}
+criterion_main!(benches);

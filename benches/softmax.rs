@@ -1,0 +1,196 @@
+//! Softmax regression (784 -> 10, bias included) on CPU: the gradient, the
+//! Hessian-vector product and the Gauss-Newton product at n = 1000 and
+//! n = 60000, in f32 and f64, for the unfused candle closed forms
+//! (`SoftmaxObjective`) and the fused kernel (`hessfree_model::fused`) with
+//! `X` in the compute dtype and as `u8`. Throughput is in samples per second.
+//!
+//! Benchmark ids: `cpu/softmax/{op}/{dtype}/n{n}/{variant}` where `op` is
+//! - `grad`: loss and gradient;
+//! - `hvp`: one product with the curvature operator at a fixed point, the
+//!   softmax probabilities already computed (what every CG step pays);
+//! - `hvp-cold`: probabilities and one product from scratch (what JAX's
+//!   `jvp(grad)` computes);
+//! - `ggn`: the Gauss-Newton product; for softmax regression it equals the
+//!   Hessian, and both paths run the same code as `hvp`;
+//!
+//! and `variant` is
+//! - `candle`: the unfused closed forms with candle matmuls over chunks of
+//!   10000 rows (`common::CandleSoftmax`, the same code as the candle path of
+//!   `SoftmaxObjective`);
+//! - `objective`: `SoftmaxObjective` itself, through the `Objective` trait,
+//!   with whichever kernel it is wired to (`grad` and `hvp` only);
+//! - `fused-{f32,f64}`: the fused kernel, `X` in the compute dtype read in
+//!   place from the batch's chunk tensors;
+//! - `fused-u8`: the fused kernel, `X` as bytes (4x fewer than f32).
+//!
+//! Built with `--features cuda`, the `candle` variant of `grad` and `hvp` also
+//! runs on the first CUDA device as `cuda/softmax/...` (see `softmax_cuda`).
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Tensor};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hessfree_model::fused::{FusedSoftmax, XStorage};
+use hessfree_model::{CurvatureKind, Model, ModelSpec, Objective, SoftmaxObjective};
+
+fn softmax(c: &mut Criterion) {
+    for n in [1000usize, 60_000] {
+        for dtype in [DType::F32, DType::F64] {
+            bench_size(c, n, dtype);
+        }
+    }
+}
+
+fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
+    let dt = common::dtype_name(dtype);
+    let model = Model::new(ModelSpec::Softmax { bias: true }, 784, 10).expect("model");
+    let obj =
+        SoftmaxObjective::new(model, common::batches(n, dtype), Vec::new()).expect("objective");
+    let candle = common::CandleSoftmax {
+        data: obj.data(),
+        model: obj.model().clone(),
+    };
+    let fused_float = FusedSoftmax::from_batches(obj.data(), XStorage::Float).expect("fused");
+    let fused_u8 = FusedSoftmax::from_batches(obj.data(), XStorage::U8).expect("fused u8");
+    let variants = [
+        (format!("fused-{dt}"), &fused_float),
+        ("fused-u8".to_string(), &fused_u8),
+    ];
+    // A point with confident but not saturated probabilities, and a direction.
+    let w = common::random(obj.dim(), 0.05, 1, dtype);
+    let v = common::random(obj.dim(), 1.0, 2, dtype);
+    let big = n >= 10_000;
+    let time = if big {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(1)
+    };
+
+    let group_name = |op: &str| format!("cpu/softmax/{op}/{dt}/n{n}");
+
+    let mut g = c.benchmark_group(group_name("grad"));
+    g.throughput(Throughput::Elements(n as u64))
+        .measurement_time(time);
+    g.bench_function("candle", |b| b.iter(|| black_box(candle.loss_and_grad(&w))));
+    g.bench_function("objective", |b| {
+        b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
+    });
+    for (name, f) in &variants {
+        g.bench_function(name.as_str(), |b| {
+            b.iter(|| black_box(f.loss_and_grad_flat(&w, true).expect("grad")))
+        });
+    }
+    g.finish();
+
+    for (op, kind) in [
+        ("hvp", CurvatureKind::Hessian),
+        ("ggn", CurvatureKind::GaussNewton),
+    ] {
+        let mut g = c.benchmark_group(group_name(op));
+        g.throughput(Throughput::Elements(n as u64))
+            .measurement_time(time);
+        let probs = candle.probabilities(&w);
+        g.bench_function("candle", |b| b.iter(|| black_box(candle.hvp(&probs, &v))));
+        if kind == CurvatureKind::Hessian {
+            let curv = obj.curvature(&w, kind).expect("curvature");
+            g.bench_function("objective", |b| {
+                b.iter(|| black_box(curv.apply(&v).expect("hvp")))
+            });
+        }
+        for (name, f) in &variants {
+            let p: Tensor = f.probabilities_flat(&w, true).expect("probabilities");
+            g.bench_function(name.as_str(), |b| {
+                b.iter(|| black_box(f.hvp_flat(&p, &v, true).expect("hvp")))
+            });
+        }
+        g.finish();
+    }
+
+    let mut g = c.benchmark_group(group_name("hvp-cold"));
+    g.throughput(Throughput::Elements(n as u64))
+        .measurement_time(time);
+    g.bench_function("candle", |b| {
+        b.iter(|| black_box(candle.hvp(&candle.probabilities(&w), &v)))
+    });
+    for (name, f) in &variants {
+        g.bench_function(name.as_str(), |b| {
+            b.iter(|| {
+                let p = f.probabilities_flat(&w, true).expect("probabilities");
+                black_box(f.hvp_flat(&p, &v, true).expect("hvp"))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The unfused candle path on the first CUDA device (the fused kernel is
+/// CPU-only), `cuda/softmax/{grad,hvp}/{dtype}/n{n}/candle`; the clock stops
+/// after `Device::synchronize`. Written without a GPU or CUDA toolkit at
+/// hand: neither compiled nor run yet.
+#[cfg(feature = "cuda")]
+fn softmax_cuda(c: &mut Criterion) {
+    use hessfree_model::Batches;
+    let dev = match candle_core::Device::new_cuda(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("skipping the CUDA benches: {e}");
+            return;
+        }
+    };
+    let model = Model::new(ModelSpec::Softmax { bias: true }, 784, 10).expect("model");
+    for n in [1000usize, 60_000] {
+        for dtype in [DType::F32, DType::F64] {
+            let dt = common::dtype_name(dtype);
+            let t = common::subset(n).to_tensors(&dev, dtype).expect("tensors");
+            let data =
+                Batches::new(&t.images, &t.one_hot, Batches::DEFAULT_CHUNK_ROWS).expect("batches");
+            let candle = common::CandleSoftmax {
+                data: &data,
+                model: model.clone(),
+            };
+            let w = common::random(7850, 0.05, 1, dtype)
+                .to_device(&dev)
+                .expect("w");
+            let v = common::random(7850, 1.0, 2, dtype)
+                .to_device(&dev)
+                .expect("v");
+            let probs = candle.probabilities(&w);
+            let mut g = c.benchmark_group(format!("cuda/softmax/grad/{dt}/n{n}"));
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function("candle", |b| {
+                b.iter(|| {
+                    let out = candle.loss_and_grad(&w);
+                    dev.synchronize().expect("synchronize");
+                    black_box(out)
+                })
+            });
+            g.finish();
+            let mut g = c.benchmark_group(format!("cuda/softmax/hvp/{dt}/n{n}"));
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function("candle", |b| {
+                b.iter(|| {
+                    let out = candle.hvp(&probs, &v);
+                    dev.synchronize().expect("synchronize");
+                    black_box(out)
+                })
+            });
+            g.finish();
+        }
+    }
+}
+
+fn all(c: &mut Criterion) {
+    softmax(c);
+    #[cfg(feature = "cuda")]
+    softmax_cuda(c);
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = all
+}
+criterion_main!(benches);

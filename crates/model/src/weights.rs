@@ -1,0 +1,568 @@
+//! Trained parameters as a `safetensors` file, and back.
+//!
+//! [`save_weights`] writes the flat parameter vector as one named tensor per
+//! block of the model's [`ParamLayout`] (`layer0.weight` `[fan_in, fan_out]`,
+//! `layer0.bias` `[fan_out]`, `layer1.weight`, ...) plus string metadata
+//! that is enough to rebuild the [`Model`]: the model spec as
+//! [`ModelSpec`]'s `Display` prints it (`softmax`, `softmax-nobias`,
+//! `mlp:256 (tanh)`), the input and class counts and the dtype.
+//!
+//! Weights are stored `[in, out]` so that `logits = x @ W + b`; this is the
+//! transpose of `torch.nn.Linear.weight`, which is `[out, in]`.
+//!
+//! [`load_weights`] trusts nothing in the file: a truncated or corrupt file,
+//! missing or unknown metadata, a missing, unexpected or misshapen tensor, a
+//! dtype other than the one the metadata names, and NaN or infinite values
+//! are each refused with a [`WeightsError`] naming the file. The file is
+//! written atomically (a temporary file in the same directory, then a
+//! rename), so a crash mid-save leaves the previous file intact.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::ModelError;
+use crate::model::{Activation, Model, ModelSpec};
+
+/// The conventional file name inside a run's output directory.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// The value of the `format` metadata key; bumped if the layout changes.
+pub const FORMAT: &str = "hessfree-weights/1";
+
+/// The metadata keys every file carries, and no others.
+pub const METADATA_KEYS: [&str; 6] = ["format", "model", "inputs", "classes", "dtype", "layout"];
+
+/// The `layout` metadata value: how the weight matrices are oriented.
+pub const LAYOUT_NOTE: &str = "weights are [in, out]: logits = x @ W + b \
+     (the transpose of torch.nn.Linear.weight, which is [out, in])";
+
+/// Everything that can go wrong saving or loading weights. Every variant
+/// names the file and says what was expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WeightsError {
+    #[error("{}: cannot read weights: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: cannot write weights: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Not a safetensors file, or cut off, or its header does not fit its data.
+    #[error("{}: not a valid safetensors file (truncated or corrupt): {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error(
+        "{}: metadata key `{key}` is missing; expected a file written by hessfree ({FORMAT}) with keys {}",
+        path.display(),
+        METADATA_KEYS.join(", ")
+    )]
+    MissingMetadata { path: PathBuf, key: String },
+
+    #[error(
+        "{}: unknown metadata key `{key}`; a {FORMAT} file has exactly {}",
+        path.display(),
+        METADATA_KEYS.join(", ")
+    )]
+    UnknownMetadata { path: PathBuf, key: String },
+
+    #[error("{}: metadata `{key}` = `{value}` is invalid: expected {expected}", path.display())]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        value: String,
+        expected: String,
+    },
+
+    #[error("{}: tensor `{name}` is missing; expected shape {expected:?} for model `{model}`", path.display())]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        model: String,
+    },
+
+    #[error("{}: unexpected tensor `{name}`; model `{model}` has exactly {expected}", path.display())]
+    UnexpectedTensor {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        model: String,
+    },
+
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error("{}: tensor `{name}` has dtype {found}, expected {expected} as the metadata says", path.display())]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        found: String,
+    },
+
+    #[error("{}: tensor `{name}` holds {value} at flat index {index}, expected finite values", path.display())]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f64,
+    },
+
+    #[error("{}: {reason}", path.display())]
+    Unsupported { path: PathBuf, reason: String },
+
+    #[error("{}: {source}", path.display())]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+}
+
+pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
+
+/// The dtypes a weights file may hold.
+fn file_dtype(dtype: DType) -> Option<Dtype> {
+    match dtype {
+        DType::F32 => Some(Dtype::F32),
+        DType::F64 => Some(Dtype::F64),
+        _ => None,
+    }
+}
+
+/// Saves `w` (the flat parameter vector of `model`, F32 or F64, on any
+/// device) to `path` atomically. Refuses a vector of the wrong length, an
+/// unsupported dtype, and NaN or infinite entries: a file on disk is always
+/// one that [`load_weights`] accepts.
+pub fn save_weights(path: &Path, model: &Model, w: &Tensor) -> Result<()> {
+    let bytes = to_bytes(path, model, w)?;
+    write_atomic(path, &bytes)
+}
+
+/// The file contents [`save_weights`] would write (`path` only names the
+/// target in errors).
+pub fn to_bytes(path: &Path, model: &Model, w: &Tensor) -> Result<Vec<u8>> {
+    let model_err = |source| WeightsError::Model {
+        path: path.to_path_buf(),
+        source,
+    };
+    let layout = model.layout();
+    layout.check(w).map_err(model_err)?;
+    let st_dtype = file_dtype(w.dtype()).ok_or_else(|| WeightsError::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!(
+            "cannot save {:?} parameters, expected F32 or F64",
+            w.dtype()
+        ),
+    })?;
+    let w = w.to_device(&Device::Cpu).map_err(|e| model_err(e.into()))?;
+    // Little-endian bytes of the whole vector; each block is a slice of it.
+    let (bytes, values): (Vec<u8>, Vec<f64>) = match st_dtype {
+        Dtype::F32 => {
+            let v = w.to_vec1::<f32>().map_err(|e| model_err(e.into()))?;
+            (
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                v.iter().map(|&x| f64::from(x)).collect(),
+            )
+        }
+        _ => {
+            let v = w.to_vec1::<f64>().map_err(|e| model_err(e.into()))?;
+            (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v)
+        }
+    };
+    let size = st_dtype.bitsize() / 8;
+    let mut views = Vec::with_capacity(layout.params().len());
+    for spec in layout.params() {
+        let block = &values[spec.range()];
+        if let Some(index) = block.iter().position(|x| !x.is_finite()) {
+            return Err(WeightsError::NonFinite {
+                path: path.to_path_buf(),
+                name: spec.name.clone(),
+                index,
+                value: block[index],
+            });
+        }
+        let data = &bytes[spec.offset * size..(spec.offset + spec.len()) * size];
+        let view = TensorView::new(st_dtype, spec.shape.clone(), data).map_err(|e| {
+            WeightsError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("building tensor `{}`: {e}", spec.name),
+            }
+        })?;
+        views.push((spec.name.clone(), view));
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("model".to_string(), model.spec().to_string()),
+        ("inputs".to_string(), model.inputs().to_string()),
+        ("classes".to_string(), model.classes().to_string()),
+        ("dtype".to_string(), format!("{st_dtype:?}")),
+        ("layout".to_string(), LAYOUT_NOTE.to_string()),
+    ]);
+    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata)).map_err(
+        |e| WeightsError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("serialising: {e}"),
+        },
+    )
+}
+
+/// Loads a file written by [`save_weights`]: the model it was saved from,
+/// and its flat parameter vector on `device` in `dtype` (bit-exact when
+/// `dtype` is the stored one; see [`load_weights_stored`]).
+pub fn load_weights(path: &Path, device: &Device, dtype: DType) -> Result<(Model, Tensor)> {
+    let bytes = fs::read(path).map_err(|source| WeightsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_bytes(&bytes, path, device, dtype)
+}
+
+/// [`load_weights`] in the dtype the file stores (F32 or F64), bit-exact.
+pub fn load_weights_stored(path: &Path, device: &Device) -> Result<(Model, Tensor)> {
+    let bytes = fs::read(path).map_err(|source| WeightsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&bytes, path, device, None)
+}
+
+/// [`load_weights`] on bytes already in memory; `path` names them in errors.
+pub fn from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Model, Tensor)> {
+    decode(bytes, path, device, Some(dtype))
+}
+
+/// Validates and decodes a whole file; `dtype` `None` keeps the stored one.
+fn decode(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+    dtype: Option<DType>,
+) -> Result<(Model, Tensor)> {
+    let p = || path.to_path_buf();
+    if let Some(dtype) = dtype.filter(|d| !d.is_float()) {
+        return Err(WeightsError::Unsupported {
+            path: p(),
+            reason: format!("cannot load weights as {dtype:?}, expected a floating-point dtype"),
+        });
+    }
+    let corrupt = |e: safetensors::SafeTensorError| WeightsError::Corrupt {
+        path: p(),
+        reason: e.to_string(),
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+    let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+
+    if let Some(key) = meta
+        .keys()
+        .filter(|k| !METADATA_KEYS.contains(&k.as_str()))
+        .min()
+    {
+        return Err(WeightsError::UnknownMetadata {
+            path: p(),
+            key: key.clone(),
+        });
+    }
+    let get = |key: &str| {
+        meta.get(key)
+            .map(String::as_str)
+            .ok_or_else(|| WeightsError::MissingMetadata {
+                path: p(),
+                key: key.to_string(),
+            })
+    };
+    let bad = |key: &str, value: &str, expected: &str| WeightsError::BadMetadata {
+        path: p(),
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    };
+
+    let format = get("format")?;
+    if format != FORMAT {
+        return Err(bad("format", format, FORMAT));
+    }
+    let spec_text = get("model")?;
+    let spec = parse_spec(spec_text).ok_or_else(|| {
+        bad(
+            "model",
+            spec_text,
+            "softmax, softmax-nobias or mlp:W1[,W2...] (ACTIVATION)",
+        )
+    })?;
+    let count = |key: &str| {
+        let text = get(key)?;
+        text.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad(key, text, "a positive integer"))
+    };
+    let (inputs, classes) = (count("inputs")?, count("classes")?);
+    let dtype_text = get("dtype")?;
+    let (st_dtype, stored) = match dtype_text {
+        "F32" => (Dtype::F32, DType::F32),
+        "F64" => (Dtype::F64, DType::F64),
+        other => return Err(bad("dtype", other, "F32 or F64")),
+    };
+    let layout_text = get("layout")?;
+    if !layout_text.starts_with("weights are [in, out]") {
+        return Err(bad("layout", layout_text, LAYOUT_NOTE));
+    }
+
+    // The metadata must not describe a model larger than the file before
+    // one is built: its layout is sized from these numbers.
+    let params = param_count(&spec, inputs, classes)
+        .filter(|&n| {
+            n.checked_mul(st_dtype.bitsize() / 8)
+                .is_some_and(|b| b <= bytes.len())
+        })
+        .ok_or_else(|| {
+            bad(
+                "model",
+                &format!("{spec_text} with {inputs} inputs and {classes} classes"),
+                &format!(
+                    "a model whose parameters fit in the file's {} bytes",
+                    bytes.len()
+                ),
+            )
+        })?;
+    let model = Model::new(spec, inputs, classes)
+        .map_err(|source| WeightsError::Model { path: p(), source })?;
+    debug_assert_eq!(model.layout().len(), params);
+    let model_name = model.spec().to_string();
+
+    let layout = model.layout();
+    if let Some(name) = file
+        .names()
+        .into_iter()
+        .filter(|n| layout.spec(n).is_err())
+        .min()
+    {
+        return Err(WeightsError::UnexpectedTensor {
+            path: p(),
+            name: name.to_string(),
+            expected: layout.describe(),
+            model: model_name,
+        });
+    }
+    let mut flat: Vec<f64> = Vec::new();
+    let mut flat32: Vec<f32> = Vec::new();
+    for spec in layout.params() {
+        let view = file
+            .tensor(&spec.name)
+            .map_err(|_| WeightsError::MissingTensor {
+                path: p(),
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+                model: model_name.clone(),
+            })?;
+        if view.shape() != spec.shape.as_slice() {
+            return Err(WeightsError::Shape {
+                path: p(),
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+                found: view.shape().to_vec(),
+            });
+        }
+        if view.dtype() != st_dtype {
+            return Err(WeightsError::Dtype {
+                path: p(),
+                name: spec.name.clone(),
+                expected: format!("{st_dtype:?}"),
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        let non_finite = |index: usize, value: f64| WeightsError::NonFinite {
+            path: p(),
+            name: spec.name.clone(),
+            index,
+            value,
+        };
+        match st_dtype {
+            Dtype::F32 => {
+                for (i, c) in view.data().chunks_exact(4).enumerate() {
+                    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if !x.is_finite() {
+                        return Err(non_finite(i, f64::from(x)));
+                    }
+                    flat32.push(x);
+                }
+            }
+            _ => {
+                for (i, c) in view.data().chunks_exact(8).enumerate() {
+                    let x = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                    if !x.is_finite() {
+                        return Err(non_finite(i, x));
+                    }
+                    flat.push(x);
+                }
+            }
+        }
+    }
+    let tensor = match stored {
+        DType::F32 => Tensor::from_vec(flat32, params, device),
+        _ => Tensor::from_vec(flat, params, device),
+    }
+    .and_then(|t| t.to_dtype(dtype.unwrap_or(stored)))
+    .map_err(|e| WeightsError::Model {
+        path: p(),
+        source: e.into(),
+    })?;
+    Ok((model, tensor))
+}
+
+/// Parses what `ModelSpec`'s `Display` prints; `None` unless it prints
+/// back identically, so no two strings name the same model.
+fn parse_spec(text: &str) -> Option<ModelSpec> {
+    let spec = match text.split_once(" (") {
+        Some((spec, rest)) => {
+            let activation: Activation = rest.strip_suffix(')')?.parse().ok()?;
+            ModelSpec::parse(spec, activation).ok()?
+        }
+        // The activation is irrelevant for softmax and checked below for MLPs.
+        None => ModelSpec::parse(text, Activation::Tanh).ok()?,
+    };
+    (spec.to_string() == text).then_some(spec)
+}
+
+/// The parameter count of a model, or `None` if it overflows.
+fn param_count(spec: &ModelSpec, inputs: usize, classes: usize) -> Option<usize> {
+    let (hidden, bias): (&[usize], bool) = match spec {
+        ModelSpec::Softmax { bias } => (&[], *bias),
+        ModelSpec::Mlp { hidden, .. } => (hidden, true),
+    };
+    let mut widths = vec![inputs];
+    widths.extend_from_slice(hidden);
+    widths.push(classes);
+    widths.windows(2).try_fold(0usize, |acc, pair| {
+        let layer = pair[0]
+            .checked_mul(pair[1])?
+            .checked_add(if bias { pair[1] } else { 0 })?;
+        acc.checked_add(layer)
+    })
+}
+
+/// Writes `bytes` to a fresh temporary file next to `path`, syncs it and
+/// renames it over `path`: readers see the old file or the new one, never
+/// a partial one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let write_err = |source| WeightsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| {
+            write_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable where directories can be synced.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_strings_round_trip_and_reject_near_misses() {
+        for text in [
+            "softmax",
+            "softmax-nobias",
+            "mlp:256 (tanh)",
+            "mlp:32,16 (relu)",
+        ] {
+            let spec = parse_spec(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(spec.to_string(), text);
+        }
+        for text in [
+            "",
+            "mlp:256",
+            "mlp:256 (gelu)",
+            "mlp:256 (tanh",
+            "softmax (tanh)",
+            "mlp: 256 (tanh)",
+            "cnn",
+        ] {
+            assert!(parse_spec(text).is_none(), "accepted `{text}`");
+        }
+    }
+
+    #[test]
+    fn param_count_matches_the_layout_and_catches_overflow() {
+        for (spec, inputs, classes) in [
+            (ModelSpec::Softmax { bias: true }, 784, 10),
+            (ModelSpec::Softmax { bias: false }, 784, 10),
+            (
+                ModelSpec::parse("mlp:7,5", Activation::Relu).unwrap(),
+                13,
+                3,
+            ),
+        ] {
+            let model = Model::new(spec.clone(), inputs, classes).unwrap();
+            assert_eq!(
+                param_count(&spec, inputs, classes),
+                Some(model.layout().len())
+            );
+        }
+        let huge = ModelSpec::parse("mlp:18446744073709551615", Activation::Tanh).unwrap();
+        assert_eq!(param_count(&huge, 784, 10), None);
+    }
+}

@@ -1,0 +1,75 @@
+//! `cargo xtask report [--check] [DIR...]`: regenerate committed reports
+//! from their own `summary.json` and `trace.csv`, or check that they are
+//! exactly what that data produces.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use hessfree_report::compare::{CompareReport, SUMMARY_FILE};
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Fail if a regenerated file differs from the committed one (writes nothing).
+    #[arg(long)]
+    pub check: bool,
+    /// Report directories; default: every directory under docs/reports with a summary.json.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Comparison reports under `root` (one level deep), in name order.
+fn discover(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    let entries = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.join(SUMMARY_FILE).is_file() && is_compare(&path)? {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn is_compare(dir: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(dir.join(SUMMARY_FILE))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", dir.join(SUMMARY_FILE).display()))?;
+    Ok(value.get("kind").and_then(|k| k.as_str()) == Some("compare"))
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let dirs = if args.dirs.is_empty() {
+        discover(Path::new("docs/reports"))?
+    } else {
+        args.dirs.clone()
+    };
+    let mut stale = Vec::new();
+    for dir in &dirs {
+        if args.check {
+            let problems =
+                CompareReport::check(dir).with_context(|| format!("checking {}", dir.display()))?;
+            if problems.is_empty() {
+                println!("ok     {}", dir.display());
+            } else {
+                println!("STALE  {}", dir.display());
+                for p in &problems {
+                    println!("       {p}");
+                }
+            }
+            stale.extend(problems);
+        } else {
+            let report =
+                CompareReport::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+            report.write(dir)?;
+            println!("regenerated {}", dir.display());
+        }
+    }
+    if !stale.is_empty() {
+        bail!(
+            "{} file(s) differ from what their data produce; run `cargo xtask report` to regenerate",
+            stale.len()
+        );
+    }
+    Ok(())
+}

@@ -305,7 +305,7 @@ fn references(args: &CompareArgs) -> Result<Vec<(String, f64)>> {
         .iter()
         .map(|r| {
             let (label, acc) = r
-                .split_once('=')
+                .rsplit_once('=')
                 .with_context(|| format!("--reference `{r}` is not LABEL=ACC"))?;
             let acc: f64 = acc
                 .parse()

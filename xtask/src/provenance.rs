@@ -55,13 +55,7 @@ pub fn today_utc() -> String {
 pub fn command_line() -> String {
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .map(|a| {
-            if a.contains([' ', '"', '\'', ';']) {
-                format!("'{a}'")
-            } else {
-                a
-            }
-        })
+        .map(|a| shell_quote(&a))
         .collect();
     format!("cargo xtask {}", args.join(" "))
 }
@@ -73,4 +67,14 @@ pub fn display_path(path: &std::path::Path) -> String {
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Quotes an argument the way a POSIX shell would need it.
+fn shell_quote(a: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
+    if !a.is_empty() && a.chars().all(plain) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
 }

@@ -15,6 +15,7 @@ mod check_curvature;
 mod compare;
 mod data_info;
 mod eval;
+mod hessian;
 mod provenance;
 mod report;
 
@@ -41,6 +42,8 @@ enum Command {
     CheckCurvature(check_curvature::Args),
     /// Run optimisers side by side and write a convergence report.
     Compare(Box<compare::CompareArgs>),
+    /// The Hessian study: spy plots, rank vs batch size, memory, matrix-free spectrum.
+    Hessian(hessian::HessianArgs),
     /// Regenerate committed reports from their data, or check them (--check).
     Report(report::ReportArgs),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::CheckCurvature(args) => check_curvature::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Hessian(args) => hessian::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

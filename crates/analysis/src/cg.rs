@@ -1,10 +1,9 @@
 //! Conjugate gradients on a [`LinOp`], to count the iterations that a
 //! Newton system `(H + λI) p = −g` needs.
 //!
-//! This is a plain CG from `x₀ = 0`, the inner loop of Newton-CG without the
-//! trust-region or forcing-term logic of the solvers crate; its only job here
-//! is measurement. (If `hessfree-solvers` grows a CG with the same stopping
-//! rule, this one can go.)
+//! A plain CG from `x₀ = 0` with a fixed relative tolerance: the solvers
+//! crate's CG with its Newton-specific rules (forcing term, progress rule,
+//! backtracking iterates) switched off; its only job here is measurement.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -12,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AnalysisError, Result};
 use hessfree_model::LinOp;
 use hessfree_model::linop::vec;
+use hessfree_solvers::{CgOptions as SolverCgOptions, CgStop};
 
 /// When CG stops.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,8 +45,8 @@ pub struct CgResult {
     pub relative_residuals: Vec<f64>,
 }
 
-/// Solves `A x = b` by CG from zero. Residual norms are tracked by the
-/// recurrence (no extra products).
+/// Solves `A x = b` by CG from zero, with the solvers crate's CG (no
+/// forcing term, no progress rule, no kept iterates: only the count matters).
 pub fn conjugate_gradient(op: &dyn LinOp, b: &Tensor, opts: CgOptions) -> Result<CgResult> {
     if b.elem_count() != op.dim() {
         return Err(AnalysisError::Invalid(format!(
@@ -56,43 +56,35 @@ pub fn conjugate_gradient(op: &dyn LinOp, b: &Tensor, opts: CgOptions) -> Result
         )));
     }
     let b_norm = vec::norm(b)?;
-    let mut result = CgResult {
-        x: Some(b.zeros_like()?),
-        iterations: 0,
-        converged: false,
-        negative_curvature: false,
-        relative_residuals: vec![1.0],
-    };
     if b_norm == 0.0 {
-        result.converged = true;
-        result.relative_residuals = vec![0.0];
-        return Ok(result);
+        return Ok(CgResult {
+            x: Some(b.zeros_like()?),
+            iterations: 0,
+            converged: true,
+            negative_curvature: false,
+            relative_residuals: vec![0.0],
+        });
     }
-    let mut x = b.zeros_like()?;
-    let mut r = b.clone();
-    let mut p = b.clone();
-    let mut rr = b_norm * b_norm;
-    while result.iterations < opts.max_iter {
-        let ap = op.apply(&p)?;
-        result.iterations += 1;
-        let pap = vec::dot(&p, &ap)?;
-        if pap.is_nan() || pap <= 0.0 {
-            result.negative_curvature = true;
-            break;
-        }
-        let alpha = rr / pap;
-        x = vec::axpy(&x, alpha, &p)?;
-        r = vec::axpy(&r, -alpha, &ap)?;
-        let rr_new = vec::dot(&r, &r)?;
-        let rel = rr_new.sqrt() / b_norm;
-        result.relative_residuals.push(rel);
-        if rel <= opts.rtol {
-            result.converged = true;
-            break;
-        }
-        p = vec::axpy(&r, rr_new / rr, &p)?;
-        rr = rr_new;
-    }
-    result.x = Some(x);
-    Ok(result)
+    let solver_opts = SolverCgOptions {
+        max_iters: opts.max_iter,
+        rel_tol: opts.rtol,
+        progress_eps: None,
+        keep_iterates: false,
+    };
+    let out = hessfree_solvers::conjugate_gradient(op, b, None, None, &solver_opts)
+        .map_err(|e| AnalysisError::Invalid(format!("conjugate gradients: {e}")))?;
+    let negative_curvature = out.stop == CgStop::NegativeCurvature;
+    Ok(CgResult {
+        x: Some(out.x),
+        // A negative-curvature stop spent one more product, on the offending
+        // direction, than the iterations it completed (residuals.len() − 1).
+        iterations: if negative_curvature {
+            out.residuals.len()
+        } else {
+            out.iters
+        },
+        converged: out.stop == CgStop::Residual,
+        negative_curvature,
+        relative_residuals: out.residuals.iter().map(|r| r / b_norm).collect(),
+    })
 }

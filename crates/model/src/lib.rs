@@ -32,7 +32,7 @@ pub use model::{Activation, Init, Model, ModelSpec};
 pub use objective::{Batches, CurvatureKind, Objective};
 pub use params::{ParamKind, ParamLayout, ParamSpec};
 pub use regularizer::{Penalty, Regularizer};
-pub use softmax::SoftmaxObjective;
+pub use softmax::{SoftmaxKernel, SoftmaxObjective};
 pub use weights::{WEIGHTS_FILE, WeightsError, load_weights, load_weights_stored, save_weights};
 
 /// Builds the objective that fits `model`: closed forms for softmax

@@ -3,12 +3,18 @@
 //! With `Z = XW + b` and `P = softmax(Z)`, the loss is linear-then-CE, so the
 //! Gauss-Newton matrix *is* the Hessian, and one product costs two thin
 //! matrix products: `R = H_L(XV + v_b)`, then `XᵀR / n`.
+//!
+//! On the CPU these run by default in the fused kernel of [`crate::fused`]
+//! (one pass over `X`, `X` kept as bytes when it is exactly `k/255`);
+//! [`SoftmaxKernel::Candle`] selects the candle matmuls, which every device
+//! runs.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::fused::{FusedSoftmax, XStorage};
 use crate::linop::{Counter, LinOp};
 use crate::model::{Model, ModelSpec};
 use crate::objective::{
@@ -17,10 +23,35 @@ use crate::objective::{
 use crate::params::ParamLayout;
 use crate::regularizer::{Penalty, Regularizer};
 
+/// Which code computes the data term's loss, gradient and curvature products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftmaxKernel {
+    /// Candle matmuls over the batch's chunks, on any device.
+    Candle,
+    /// The fused CPU kernel ([`crate::fused`]), storing `X` as `storage` says.
+    Fused(XStorage),
+}
+
+impl SoftmaxKernel {
+    /// `Fused(Auto)` on the CPU, `Candle` elsewhere; `HESSFREE_FUSED=0` in the
+    /// environment forces `Candle`.
+    pub fn default_for(device: &Device) -> Self {
+        let off = std::env::var("HESSFREE_FUSED").is_ok_and(|v| v == "0");
+        if matches!(device, Device::Cpu) && !off {
+            Self::Fused(XStorage::Auto)
+        } else {
+            Self::Candle
+        }
+    }
+}
+
 pub struct SoftmaxObjective {
     model: Model,
     data: Batches,
     reg: Arc<Regularizer>,
+    kernel: SoftmaxKernel,
+    /// Present when `kernel` is `Fused`.
+    fused: Option<Arc<FusedSoftmax>>,
 }
 
 impl SoftmaxObjective {
@@ -33,11 +64,36 @@ impl SoftmaxObjective {
         }
         check_shapes(&model, &data)?;
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
-        Ok(Self {
+        let kernel = SoftmaxKernel::default_for(data.device());
+        Self {
             model,
             data,
             reg: Arc::new(reg),
-        })
+            kernel: SoftmaxKernel::Candle,
+            fused: None,
+        }
+        .with_kernel(kernel)
+    }
+
+    /// The same objective computed by `kernel` (`Fused` needs the CPU).
+    pub fn with_kernel(mut self, kernel: SoftmaxKernel) -> Result<Self> {
+        self.fused = match kernel {
+            SoftmaxKernel::Candle => None,
+            SoftmaxKernel::Fused(storage) => {
+                Some(Arc::new(FusedSoftmax::from_batches(&self.data, storage)?))
+            }
+        };
+        self.kernel = kernel;
+        Ok(self)
+    }
+
+    pub fn kernel(&self) -> SoftmaxKernel {
+        self.kernel
+    }
+
+    /// The fused kernel's view of the batch, when that kernel is in use.
+    pub fn fused(&self) -> Option<&Arc<FusedSoftmax>> {
+        self.fused.as_ref()
     }
 
     pub fn model(&self) -> &Model {
@@ -60,6 +116,10 @@ impl SoftmaxObjective {
 
     /// The softmax probabilities of every chunk at `w`.
     pub fn probabilities(&self, w: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(f) = &self.fused {
+            let p = f.probabilities_flat(w, self.model.has_bias())?;
+            return split_rows(&p, &self.data);
+        }
         let (weight, bias) = self.wb(w)?;
         self.data
             .chunks()
@@ -81,6 +141,18 @@ pub(crate) fn check_shapes(model: &Model, data: &Batches) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Splits `[rows, k]` into the batch's row chunks (views, no copy).
+fn split_rows(p: &Tensor, data: &Batches) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(data.chunks().len());
+    let mut start = 0;
+    for (x, _) in data.chunks() {
+        let rows = x.dim(0)?;
+        out.push(p.narrow(0, start, rows)?);
+        start += rows;
+    }
+    Ok(out)
 }
 
 fn logits(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -116,6 +188,10 @@ impl Objective for SoftmaxObjective {
     }
 
     fn loss(&self, w: &Tensor) -> Result<f64> {
+        if let Some(f) = &self.fused {
+            let (penalty, _) = self.reg.value_and_grad(w)?;
+            return Ok(f.loss_flat(w, self.model.has_bias())? + penalty);
+        }
         let (weight, bias) = self.wb(w)?;
         let mut total = 0.0;
         for (x, y) in self.data.chunks() {
@@ -126,6 +202,11 @@ impl Objective for SoftmaxObjective {
     }
 
     fn loss_and_grad(&self, w: &Tensor) -> Result<(f64, Tensor)> {
+        if let Some(f) = &self.fused {
+            let (loss, grad) = f.loss_and_grad_flat(w, self.model.has_bias())?;
+            let (penalty, pgrad) = self.reg.value_and_grad(w)?;
+            return Ok((loss + penalty, (grad + pgrad)?));
+        }
         let (weight, bias) = self.wb(w)?;
         let n = self.data.rows() as f64;
         let mut total = 0.0;
@@ -147,7 +228,14 @@ impl Objective for SoftmaxObjective {
 
     fn curvature(&self, w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
         // The model is linear in w, so the Hessian and the GGN coincide.
-        let probabilities = self.probabilities(w)?;
+        let (fused, probabilities) = match &self.fused {
+            Some(f) => {
+                let p = f.probabilities_flat(w, self.model.has_bias())?;
+                let chunks = split_rows(&p, &self.data)?;
+                (Some((f.clone(), p)), chunks)
+            }
+            None => (None, self.probabilities(w)?),
+        };
         let chunks = self
             .data
             .chunks()
@@ -162,6 +250,7 @@ impl Objective for SoftmaxObjective {
             rows: self.data.rows(),
             reg: self.reg.clone(),
             counter: Counter::default(),
+            fused,
         }))
     }
 
@@ -193,11 +282,14 @@ impl Objective for SoftmaxObjective {
     }
 
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
-        Ok(Arc::new(Self {
+        let sub = Self {
             model: self.model.clone(),
             data: self.data.select(indices)?,
             reg: self.reg.clone(),
-        }))
+            kernel: SoftmaxKernel::Candle,
+            fused: None,
+        };
+        Ok(Arc::new(sub.with_kernel(self.kernel)?))
     }
 
     /// The closed form (block Gram matrices), far cheaper than `dim` products.
@@ -215,6 +307,8 @@ pub struct SoftmaxCurvature {
     rows: usize,
     reg: Arc<Regularizer>,
     counter: Counter,
+    /// The fused kernel and the probabilities `[rows, k]`, when in use.
+    fused: Option<(Arc<FusedSoftmax>, Tensor)>,
 }
 
 impl SoftmaxCurvature {
@@ -231,6 +325,13 @@ impl LinOp for SoftmaxCurvature {
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
         self.counter.tick();
+        if let Some((f, p)) = &self.fused {
+            let hv = f.hvp_flat(p, v, self.bias)?;
+            if self.reg.is_empty() {
+                return Ok(hv);
+            }
+            return Ok((hv + self.reg.apply_q(v)?)?);
+        }
         let vw = self.layout.view(v, "layer0.weight")?;
         let vb = if self.bias {
             Some(self.layout.view(v, "layer0.bias")?)

@@ -53,10 +53,7 @@ pub fn today_utc() -> String {
 
 /// The command as a user would type it: `cargo xtask SUBCOMMAND ARGS...`.
 pub fn command_line() -> String {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .map(|a| shell_quote(&a))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
     format!("cargo xtask {}", args.join(" "))
 }
 

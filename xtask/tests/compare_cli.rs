@@ -79,7 +79,16 @@ fn compare_writes_a_complete_report_that_checks_clean() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["kind"], "compare");
-    for key in ["host", "git_revision", "date", "command_line", "seed", "dataset", "device", "runs"] {
+    for key in [
+        "host",
+        "git_revision",
+        "date",
+        "command_line",
+        "seed",
+        "dataset",
+        "device",
+        "runs",
+    ] {
         assert!(summary.get(key).is_some(), "summary.json lacks {key}");
     }
     assert!(summary["host"]["cores"].as_u64().unwrap() >= 1);
@@ -108,7 +117,10 @@ fn compare_writes_a_complete_report_that_checks_clean() {
     }
     assert_eq!(runs[0]["iterations"], 20);
     assert_eq!(runs[0]["reference_test_accuracy"], 0.9);
-    assert!(runs[1]["hvp_evals"].as_u64().unwrap() > 0, "newton-cg used HVPs");
+    assert!(
+        runs[1]["hvp_evals"].as_u64().unwrap() > 0,
+        "newton-cg used HVPs"
+    );
     // The classes are separable: Newton-CG fits the training set.
     assert!(runs[1]["train_accuracy"].as_f64().unwrap() > 0.9);
 
@@ -117,7 +129,10 @@ fn compare_writes_a_complete_report_that_checks_clean() {
     let sgd_rows = rows.iter().filter(|r| r.starts_with("sgd,")).count();
     let newton_rows = rows.iter().filter(|r| r.starts_with("newton-cg,")).count();
     assert_eq!(sgd_rows, 3, "SGD rows at steps 0, 10, 20");
-    assert!((2..=4).contains(&newton_rows), "{newton_rows} Newton-CG rows");
+    assert!(
+        (2..=4).contains(&newton_rows),
+        "{newton_rows} Newton-CG rows"
+    );
 
     for svg in [
         "objective_vs_time.svg",
@@ -141,18 +156,33 @@ fn compare_writes_a_complete_report_that_checks_clean() {
         "--data-dir",
         data.path().to_str().unwrap(),
     ]);
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
     let printed = String::from_utf8_lossy(&eval.stdout);
     let acc = format!("{:.4}", runs[1]["test_accuracy"].as_f64().unwrap());
-    assert!(printed.contains(&acc), "eval printed {printed}, the summary says {acc}");
+    assert!(
+        printed.contains(&acc),
+        "eval printed {printed}, the summary says {acc}"
+    );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Findings") && md.contains("cargo xtask compare"));
 
     // The committed-report check regenerates everything identically...
     let check = xtask(&["report", "--check", out_s]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     // ...and notices a hand edit.
-    std::fs::write(out.join("report.md"), md.replace("Findings", "Findings (edited)")).unwrap();
+    std::fs::write(
+        out.join("report.md"),
+        md.replace("Findings", "Findings (edited)"),
+    )
+    .unwrap();
     let check = xtask(&["report", "--check", out_s]);
     assert!(!check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("report.md"));
@@ -168,7 +198,10 @@ fn bad_flags_and_missing_data_fail_without_writing() {
     let out_s = out.to_str().unwrap();
     let dir = data.path().to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--optimizers", "sgd,adam"], "sgd, newton-cg, trust-region, lbfgs, dense-newton"),
+        (
+            vec!["--optimizers", "sgd,adam"],
+            "sgd, newton-cg, trust-region, lbfgs, dense-newton",
+        ),
         (vec!["--model", "cnn"], "softmax-nobias"),
         (vec!["--init", "uniform"], "glorot"),
         (vec!["--dtype", "f16"], "f32, f64"),
@@ -177,7 +210,10 @@ fn bad_flags_and_missing_data_fail_without_writing() {
         (vec!["--hessian-fraction", "1.5"], "(0, 1]"),
         (vec!["--sgd-lr", "-1"], "learning rate"),
         (vec!["--optimizers", "sgd@colour=red"], "init, l2, laplace"),
-        (vec!["--optimizers", "sgd,newton-cg", "--damping", "-1"], "damping must be"),
+        (
+            vec!["--optimizers", "sgd,newton-cg", "--damping", "-1"],
+            "damping must be",
+        ),
         (vec!["--max-time", "-5"], "--max-time must be"),
         (vec!["--l2", "-1"], "--l2 must be"),
     ];
@@ -192,12 +228,26 @@ fn bad_flags_and_missing_data_fail_without_writing() {
         assert!(!out.exists(), "{extra:?} wrote {}", out.display());
     }
     // --max-iters 0 is refused by the parser itself.
-    let res = xtask(&["compare", "--max-iters", "0", "--data-dir", dir, "--out", out_s]);
+    let res = xtask(&[
+        "compare",
+        "--max-iters",
+        "0",
+        "--data-dir",
+        dir,
+        "--out",
+        out_s,
+    ]);
     assert!(!res.status.success());
     assert!(!out.exists());
 
     let empty = tempfile::tempdir().unwrap();
-    let res = xtask(&["compare", "--data-dir", empty.path().to_str().unwrap(), "--out", out_s]);
+    let res = xtask(&[
+        "compare",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+        "--out",
+        out_s,
+    ]);
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(stderr.contains("train-images-idx3-ubyte"), "{stderr}");
@@ -243,7 +293,11 @@ fn two_runs_give_identical_traces() {
             "--seed",
             "7",
         ]);
-        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
         trace_without_time(&out)
     };
     let a = run("a");

@@ -233,7 +233,7 @@ mod tests {
     /// pixels 3 and 17 dead (zero rows and columns).
     fn pattern(r: usize, c: usize) -> bool {
         let dead = |i: usize| i % 20 == 3 || i % 20 == 17;
-        !dead(r) && !dead(c) && (r / 20 == c / 20 || (r + c) % 7 == 0)
+        !dead(r) && !dead(c) && (r / 20 == c / 20 || (r + c).is_multiple_of(7))
     }
 
     #[test]

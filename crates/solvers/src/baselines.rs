@@ -1,7 +1,9 @@
 //! argmin's own solvers configured for hessfree: trust-region Newton-CG
 //! (Steihaug) and L-BFGS.
 
-use argmin::core::{IterState, KV, Problem, Solver, State, TerminationReason, TerminationStatus, TrustRegionRadius};
+use argmin::core::{
+    IterState, KV, Problem, Solver, State, TerminationReason, TerminationStatus, TrustRegionRadius,
+};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use argmin::solver::trustregion::{Steihaug, TrustRegion};
@@ -79,7 +81,11 @@ where
         "Steihaug"
     }
 
-    fn init(&mut self, problem: &mut Problem<O>, state: SubState) -> Result<(SubState, Option<KV>), argmin::core::Error> {
+    fn init(
+        &mut self,
+        problem: &mut Problem<O>,
+        state: SubState,
+    ) -> Result<(SubState, Option<KV>), argmin::core::Error> {
         let g_norm = match state.get_gradient() {
             Some(g) => argmin_math::ArgminL2Norm::<f64>::l2_norm(g),
             None => f64::NAN,
@@ -92,7 +98,11 @@ where
         self.inner.init(problem, state)
     }
 
-    fn next_iter(&mut self, problem: &mut Problem<O>, state: SubState) -> Result<(SubState, Option<KV>), argmin::core::Error> {
+    fn next_iter(
+        &mut self,
+        problem: &mut Problem<O>,
+        state: SubState,
+    ) -> Result<(SubState, Option<KV>), argmin::core::Error> {
         self.inner.next_iter(problem, state)
     }
 

@@ -113,7 +113,7 @@ pub fn conjugate_gradient(
         for i in 1..=opts.max_iters {
             let ap = a.apply(&p)?;
             let pap = vec::dot(&p, &ap)?;
-            if !(pap > 0.0) {
+            if pap.is_nan() || pap <= 0.0 {
                 stop = CgStop::NegativeCurvature;
                 negative_curvature = Some(pap / vec::dot(&p, &p)?.max(f64::MIN_POSITIVE));
                 if i == 1 && vec::norm(&x)? == 0.0 {

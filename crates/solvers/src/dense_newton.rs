@@ -131,7 +131,7 @@ impl DenseNewton {
             "solve_seconds" => solve;
             "cholesky" => cholesky;
         );
-        if !(gd < 0.0) {
+        if gd.is_nan() || gd >= 0.0 {
             return Err(SolverError::Diverged(format!(
                 "the dense Newton direction is not a descent direction (gᵀd = {gd:e})"
             )));

@@ -194,7 +194,7 @@ impl NewtonCg {
         let mut d = out.iterates[chosen].x.clone();
         let mut phi = out.iterates[chosen].phi;
         let mut gd = vec::dot(&g, &d)?;
-        if !(gd < 0.0) {
+        if gd.is_nan() || gd >= 0.0 {
             // Not a descent direction (possible with an indefinite Hessian and
             // a warm start): fall back to steepest descent.
             d = g.affine(-1.0 / g_norm.max(f64::MIN_POSITIVE), 0.0)?;
@@ -278,7 +278,8 @@ struct HfStep {
     f: f64,
 }
 
-fn problem_ref(problem: &Problem<HfProblem>) -> Result<&HfProblem> {
+/// The problem inside argmin's wrapper; every solver here needs it.
+pub(crate) fn hf_problem(problem: &Problem<HfProblem>) -> Result<&HfProblem> {
     problem
         .problem
         .as_ref()
@@ -293,7 +294,7 @@ pub(crate) fn init_state<H>(
     let w = state
         .take_param()
         .ok_or_else(|| SolverError::Argmin("no initial parameters".into()))?;
-    let (f, g) = problem_ref(problem)?.loss_and_grad(&w.0)?;
+    let (f, g) = hf_problem(problem)?.loss_and_grad(&w.0)?;
     if !f.is_finite() || !vec::all_finite(&g)? {
         return Err(SolverError::Diverged(format!(
             "the objective or its gradient is not finite at the starting point (f = {f})"
@@ -335,7 +336,7 @@ impl Solver<HfProblem, HfState> for NewtonCg {
         mut state: HfState,
     ) -> Result<(HfState, Option<KV>), argmin::core::Error> {
         let (w, g, f) = take_point(&mut state)?;
-        let (step, kv) = self.step(problem_ref(problem)?, w, g, f)?;
+        let (step, kv) = self.step(hf_problem(problem)?, w, g, f)?;
         Ok((
             state
                 .param(Params(step.w))
@@ -344,9 +345,4 @@ impl Solver<HfProblem, HfState> for NewtonCg {
             Some(kv),
         ))
     }
-}
-
-/// Lets the dense-Newton and SGD solvers share the accessor.
-pub(crate) fn hf_problem(problem: &Problem<HfProblem>) -> Result<&HfProblem> {
-    problem_ref(problem)
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{LbfgsConfig, TrustRegionConfig};
 use crate::dense_newton::{DenseNewton, DenseNewtonConfig};
 use crate::error::{Result, SolverError};
-use crate::newton_cg::{NewtonCg, NewtonCgConfig};
+use crate::newton_cg::{NewtonCg, NewtonCgConfig, hf_problem};
 use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::sgd::{Sgd, SgdConfig};
@@ -177,7 +177,7 @@ impl<S> Tracked<S> {
         };
         let test_every = self.opts.test_every.max(1);
         let test_accuracy = match &self.opts.test_accuracy {
-            Some(eval) if self.records % test_every == 0 => Some(eval(&w.0)?),
+            Some(eval) if self.records.is_multiple_of(test_every) => Some(eval(&w.0)?),
             _ => None,
         };
         let counts = prob.counters().snapshot();
@@ -255,13 +255,6 @@ impl<S> Tracked<S> {
     }
 }
 
-fn hf(problem: &Problem<HfProblem>) -> Result<&HfProblem> {
-    problem
-        .problem
-        .as_ref()
-        .ok_or_else(|| SolverError::Argmin("the problem was taken out of argmin's wrapper".into()))
-}
-
 impl<S, H> Solver<HfProblem, State_<H>> for Tracked<S>
 where
     S: Solver<HfProblem, State_<H>>,
@@ -279,7 +272,7 @@ where
         let start = Instant::now();
         let (state, kv) = self.inner.init(problem, state)?;
         self.solver_time += start.elapsed();
-        let prob = hf(problem)?;
+        let prob = hf_problem(problem)?;
         prob.take_deferred()?;
         self.last_good = state.get_param().map(|p| p.0.clone());
         self.record(prob, &state, kv.as_ref(), 0)?;
@@ -296,7 +289,7 @@ where
         let start = Instant::now();
         let result = self.inner.next_iter(problem, state);
         self.solver_time += start.elapsed();
-        let prob = hf(problem)?;
+        let prob = hf_problem(problem)?;
         let deferred = prob.take_deferred();
         let (state, kv) = match (result, deferred) {
             (Ok(ok), Ok(())) => ok,
@@ -322,7 +315,7 @@ where
         }
         let every = self.opts.trace_every.max(1);
         let at_limit = self.opts.stop.max_iters.is_some_and(|m| iter >= m);
-        if iter % every == 0 || at_limit {
+        if iter.is_multiple_of(every) || at_limit {
             self.record(prob, &state, kv.as_ref(), iter)?;
         }
         Ok((state, kv))
@@ -397,7 +390,7 @@ where
         state: State_<H>,
     ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
         let out = self.0.init(problem, state)?;
-        self.0.check_budgets(hf(problem)?, 0);
+        self.0.check_budgets(hf_problem(problem)?, 0);
         Ok(out)
     }
 
@@ -408,7 +401,7 @@ where
     ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
         let iter = state.get_iter() + 1;
         let out = self.0.next_iter(problem, state)?;
-        self.0.check_budgets(hf(problem)?, iter);
+        self.0.check_budgets(hf_problem(problem)?, iter);
         Ok(out)
     }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use hessfree_data::{MNIST_CLASSES, default_data_dir, load_dir};
-use hessfree_solvers::{Experiment, Method, ProblemSpec, RunOptions, SgdConfig, StopReason, StopRules};
+use hessfree_solvers::{
+    Experiment, Method, ProblemSpec, RunOptions, SgdConfig, StopReason, StopRules,
+};
 
 fn sgd_test_accuracy(init: &str, seed: u64) -> anyhow::Result<f64> {
     let splits = load_dir(&default_data_dir(), MNIST_CLASSES)?;
@@ -19,7 +21,12 @@ fn sgd_test_accuracy(init: &str, seed: u64) -> anyhow::Result<f64> {
         dtype: "f32".into(),
         ..Default::default()
     };
-    let exp = Arc::new(Experiment::prepare(spec, &splits.train, &splits.test, &Device::Cpu)?);
+    let exp = Arc::new(Experiment::prepare(
+        spec,
+        &splits.train,
+        &splits.test,
+        &Device::Cpu,
+    )?);
     let method = Method::Sgd(SgdConfig {
         seed,
         ..SgdConfig::default()
@@ -44,6 +51,9 @@ fn sgd_reproduces_the_notebook_from_zero_and_from_truncated_normal() -> anyhow::
     let zero = sgd_test_accuracy("zero", 0)?;
     assert!(zero >= 0.91, "zero init: {zero}");
     let normal = sgd_test_accuracy("normal:0.1", 0)?;
-    assert!((0.90..0.94).contains(&normal), "truncated-normal init: {normal}");
+    assert!(
+        (0.90..0.94).contains(&normal),
+        "truncated-normal init: {normal}"
+    );
     Ok(())
 }

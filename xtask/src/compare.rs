@@ -138,6 +138,35 @@ pub struct CompareArgs {
     /// Rows the dense-Newton Hessian is assembled on (0 = the whole training set).
     #[arg(long, default_value_t = 1000)]
     pub hessian_batch: usize,
+
+    /// Write each run's full state to `<out>/checkpoints/<run>.ckpt` every N
+    /// iterations (SGD, Newton-CG and trust region only).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
+    /// Continue each run from `<DIR>/checkpoints/<run>.ckpt` (a run without
+    /// a checkpoint starts afresh; a finished one is not rerun).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+}
+
+/// A run label as a file-name stem (`sgd@lr=0.1` → `sgd_lr_0_1`).
+fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where a run's checkpoint lives under an output (or resume) directory.
+fn checkpoint_path(dir: &std::path::Path, label: &str) -> PathBuf {
+    dir.join("checkpoints")
+        .join(format!("{}.ckpt", slug(label)))
 }
 
 /// One requested run: its label, method and problem.
@@ -161,7 +190,10 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
         seed: args.seed,
         dtype: args.dtype.clone(),
     };
-    for (flag, value) in [("--max-time", args.max_time), ("--max-passes", args.max_passes)] {
+    for (flag, value) in [
+        ("--max-time", args.max_time),
+        ("--max-passes", args.max_passes),
+    ] {
         if let Some(v) = value
             && !(v.is_finite() && v > 0.0)
         {
@@ -243,7 +275,9 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
                 Method::CHOICES
             ),
         };
-        method.validate().with_context(|| format!("run `{token}`"))?;
+        method
+            .validate()
+            .with_context(|| format!("run `{token}`"))?;
         let is_sgd = matches!(method, Method::Sgd(_));
         planned.push(Planned {
             label: token.to_string(),
@@ -256,6 +290,17 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
             },
             trace_every: if is_sgd { args.sgd_eval_every } else { 1 },
         });
+    }
+    if args.checkpoint_every.is_some() || args.resume.is_some() {
+        for p in &planned {
+            if !p.method.checkpointable() {
+                bail!(
+                    "run `{}`: {} cannot be checkpointed or resumed; only sgd, newton-cg and trust-region can",
+                    p.label,
+                    p.method.name()
+                );
+            }
+        }
     }
     if planned.is_empty() {
         bail!(
@@ -365,6 +410,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         }
     }
     let device = device(&args.device)?;
+    check_writable(&args.out)?;
     let data_dir = resolve_data_dir(args.data.data_dir.as_deref())?;
     let splits = load_dir(&data_dir.path, MNIST_CLASSES)?;
     for p in &planned {
@@ -402,7 +448,34 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 .with_context(|| format!("preparing run `{}`", p.label))?,
         );
         let (bar, on_record) = progress(&p.label, p.max_iters);
+        let resume = match &args.resume {
+            Some(dir) => {
+                let path = checkpoint_path(dir, &p.label);
+                if path.exists() {
+                    tracing::info!(run = %p.label, checkpoint = %path.display(), "resuming");
+                    Some(Arc::new(hessfree_solvers::checkpoint::read(&path)?))
+                } else {
+                    tracing::warn!(run = %p.label, checkpoint = %path.display(), "no checkpoint: starting afresh");
+                    None
+                }
+            }
+            None => None,
+        };
+        let checkpoint = match args.checkpoint_every {
+            Some(every) => {
+                let path = checkpoint_path(&args.out, &p.label);
+                if let Some(dir) = path.parent() {
+                    ensure_dir(dir)?;
+                }
+                let sink: hessfree_solvers::CheckpointSink =
+                    Arc::new(move |snap| hessfree_solvers::checkpoint::write_atomic(&path, snap));
+                Some(hessfree_solvers::Checkpointing { every, sink })
+            }
+            None => None,
+        };
         let opts = RunOptions {
+            checkpoint,
+            resume,
             stop,
             trace_every: p.trace_every,
             test_every: 1,
@@ -424,20 +497,14 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             Some(r) => (r.objective, r.grad_norm),
             None => (f64::NAN, f64::NAN),
         };
-        let slug: String = p
-            .label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let slug = slug(&p.label);
         let weights_image = format!("weights_{slug}.png");
         let weights_file = format!("weights_{slug}.safetensors");
-        weights.push((weights_file.clone(), experiment.model.clone(), out.params.clone()));
+        weights.push((
+            weights_file.clone(),
+            experiment.model.clone(),
+            out.params.clone(),
+        ));
         let w0 = experiment
             .model
             .layout()
@@ -517,11 +584,51 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         hessfree_model::save_weights(&args.out.join(file), model, params)?;
     }
     report.write(&args.out)?;
-    println!(
-        "report written to {}",
-        args.out
-            .join(hessfree_report::compare::REPORT_FILE)
-            .display()
-    );
+    let report_path = args.out.join(hessfree_report::compare::REPORT_FILE);
+    println!("report written to {}", report_path.display());
+    // A run that failed (a NaN mid-run, a rejected step too many) is in the
+    // report with its last finite parameters, and the command says so.
+    let failed: Vec<String> = report
+        .summary
+        .runs
+        .iter()
+        .filter(|r| r.stop_reason == "failed")
+        .map(|r| format!("`{}` {}", r.name, r.stop_detail))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} run(s) failed: {} (report written to {})",
+            failed.len(),
+            failed.join("; "),
+            report_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an output directory that cannot be written, before any work: it
+/// must be a directory (or not exist yet) below a writable directory.
+fn check_writable(out: &std::path::Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} exists and is not a directory", out.display());
+    }
+    let mut existing = out;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+    }
+    if !existing.is_dir() {
+        bail!(
+            "--out {} cannot be created: {} is not a directory",
+            out.display(),
+            existing.display()
+        );
+    }
+    let probe = existing.join(format!(".hessfree-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {} is not writable", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -48,7 +48,7 @@ pub const LAYOUT_NOTE: &str = "weights are [in, out]: logits = x @ W + b \
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WeightsError {
-    #[error("{}: cannot read weights: {source}", path.display())]
+    #[error("{}: cannot read weights", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -174,3 +174,68 @@ impl LbfgsConfig {
             .map_err(|e| SolverError::Config(format!("L-BFGS: {e}")))
     }
 }
+
+/// Only for reading argmin's `TrustRegion` (whose `serde1` derive needs its
+/// subproblem serialisable): the settings, not the per-iteration CG state,
+/// which `init` rebuilds every outer iteration.
+impl Serialize for ForcedSteihaug {
+    fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ForcedSteihaug", 2)?;
+        st.serialize_field("rel_tol", &self.rel_tol)?;
+        st.serialize_field("max_iters", &self.max_iters)?;
+        st.end()
+    }
+}
+
+type TrState = IterState<Params, Params, (), CurvatureOperator, (), f64>;
+
+/// argmin's `TrustRegion` carries the radius, `f(x_k)` and `m_k(0)` between
+/// iterations; the last two always equal the state's cost. The radius is
+/// private with no getter, hence the read through serde (`serde1`) and the
+/// rebuild through `with_radius`.
+impl crate::run::Resumable<TrState> for TrustRegionSolver {
+    fn save_state(
+        &self,
+        _: &mut crate::checkpoint::Snapshot,
+    ) -> Result<crate::checkpoint::SolverState> {
+        let value = serde_json::to_value(self)
+            .map_err(|e| SolverError::Config(format!("trust region state: {e}")))?;
+        let radius = value
+            .get("radius")
+            .and_then(|r| r.as_f64())
+            .ok_or_else(|| {
+                SolverError::Config(format!("trust region has no finite radius: {value}"))
+            })?;
+        Ok(crate::checkpoint::SolverState::TrustRegion {
+            radius_bits: radius.to_bits(),
+        })
+    }
+
+    /// Sets the saved radius, then runs `TrustRegion::init` on the saved
+    /// point, gradient and cost: it only rebuilds the curvature operator at
+    /// that point (deterministic) and takes `f(x_k) = m_k(0) =` the cost.
+    fn resume(
+        &mut self,
+        problem: &mut Problem<crate::problem::HfProblem>,
+        saved: &crate::checkpoint::Snapshot,
+        state: TrState,
+    ) -> Result<TrState> {
+        let Some(crate::checkpoint::SolverState::TrustRegion { radius_bits }) = saved.meta.solver
+        else {
+            return Err(SolverError::Config(
+                "the checkpoint has no trust-region state".into(),
+            ));
+        };
+        if state.get_gradient().is_none() {
+            return Err(SolverError::Config("the checkpoint has no gradient".into()));
+        }
+        let placeholder = TrustRegionConfig::default().build()?;
+        let tr = std::mem::replace(self, placeholder);
+        *self = tr
+            .with_radius(f64::from_bits(radius_bits))
+            .map_err(|e| SolverError::Config(format!("trust region: {e}")))?;
+        let (state, _) = self.init(problem, state)?;
+        Ok(state)
+    }
+}

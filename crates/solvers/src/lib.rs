@@ -5,6 +5,7 @@
 
 pub mod baselines;
 pub mod cg;
+pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
 pub mod experiment;
@@ -19,13 +20,17 @@ pub mod trace;
 
 pub use baselines::{LbfgsConfig, TrustRegionConfig};
 pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
+pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
 pub use experiment::{Experiment, ProblemSpec};
 pub use newton_cg::{NewtonCg, NewtonCgConfig};
 pub use params::Params;
 pub use problem::{CurvatureOperator, HfProblem};
-pub use run::{Evaluator, Method, OnRecord, RunOptions, RunOutput, run};
+pub use run::{
+    CheckpointSink, Checkpointing, Evaluator, Method, OnRecord, Resumable, RunOptions, RunOutput,
+    run,
+};
 pub use sgd::{Sgd, SgdConfig};
 pub use stop::{StopReason, StopRules};
 pub use trace::{Counters, Counts, TraceRecord};

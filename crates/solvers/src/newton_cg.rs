@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use argmin::core::{IterState, KV, Problem, Solver};
+use argmin::core::{IterState, KV, Problem, Solver, State};
 use argmin::kv;
 use candle_core::Tensor;
 use hessfree_model::linop::vec;
@@ -344,5 +344,50 @@ impl Solver<HfProblem, HfState> for NewtonCg {
                 .cost(step.f),
             Some(kv),
         ))
+    }
+}
+
+impl crate::run::Resumable<HfState> for NewtonCg {
+    fn save_state(
+        &self,
+        snap: &mut crate::checkpoint::Snapshot,
+    ) -> Result<crate::checkpoint::SolverState> {
+        if let Some(prev) = &self.previous {
+            snap.put("previous", prev)?;
+        }
+        Ok(crate::checkpoint::SolverState::NewtonCg {
+            damping_bits: self.damping.to_bits(),
+            failures: self.failures,
+        })
+    }
+
+    /// The state already holds the point, gradient and cost that `init`
+    /// would compute; only the damping and the warm start come back.
+    fn resume(
+        &mut self,
+        _problem: &mut Problem<HfProblem>,
+        saved: &crate::checkpoint::Snapshot,
+        state: HfState,
+    ) -> Result<HfState> {
+        let Some(crate::checkpoint::SolverState::NewtonCg {
+            damping_bits,
+            failures,
+        }) = saved.meta.solver
+        else {
+            return Err(SolverError::Config(
+                "the checkpoint has no Newton-CG state".into(),
+            ));
+        };
+        let device = state
+            .get_param()
+            .map(|p| p.0.device().clone())
+            .ok_or_else(|| SolverError::Argmin("no parameters to resume from".into()))?;
+        if state.get_gradient().is_none() {
+            return Err(SolverError::Config("the checkpoint has no gradient".into()));
+        }
+        self.damping = f64::from_bits(damping_bits);
+        self.failures = failures;
+        self.previous = saved.get("previous", &device)?;
+        Ok(state)
     }
 }

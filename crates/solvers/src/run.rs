@@ -20,9 +20,10 @@ use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
 use crate::baselines::{LbfgsConfig, TrustRegionConfig};
+use crate::checkpoint::{Snapshot, SnapshotMeta, SolverState};
 use crate::dense_newton::{DenseNewton, DenseNewtonConfig};
 use crate::error::{Result, SolverError};
-use crate::newton_cg::{NewtonCg, NewtonCgConfig, hf_problem};
+use crate::newton_cg::{HfState, NewtonCg, NewtonCgConfig, hf_problem};
 use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::sgd::{Sgd, SgdConfig};
@@ -70,6 +71,20 @@ impl Method {
     fn full_batch_state(&self) -> bool {
         !matches!(self, Method::Sgd(_))
     }
+
+    /// Whether [`RunOptions::checkpoint`] and [`RunOptions::resume`] work for it.
+    pub fn checkpointable(&self) -> bool {
+        matches!(
+            self,
+            Method::Sgd(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
+        )
+    }
+
+    /// The settings as JSON: a checkpoint records them so that a resume
+    /// with other settings is refused.
+    fn fingerprint(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Test accuracy (or any score) of a parameter vector, for the trace.
@@ -88,6 +103,61 @@ pub struct RunOptions {
     pub on_record: Option<OnRecord>,
     /// Set to stop the run at the next iteration boundary (Ctrl-C).
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Hand a [`Snapshot`] to a sink every so many iterations, and once at the end.
+    pub checkpoint: Option<Checkpointing>,
+    /// Continue from this snapshot instead of starting at `w0`.
+    pub resume: Option<Arc<Snapshot>>,
+}
+
+/// Where checkpoints go (a file writer in the harness; anything in tests).
+pub type CheckpointSink = Arc<dyn Fn(&Snapshot) -> Result<()> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Checkpointing {
+    /// Checkpoint after every this many outer iterations (0 behaves as 1).
+    pub every: u64,
+    pub sink: CheckpointSink,
+}
+
+/// A solver whose state between outer iterations can be saved and restored
+/// exactly, so that a resumed run repeats the uninterrupted one bit for bit.
+pub trait Resumable<St> {
+    /// The solver's scalar state; its vectors are put into `snap`.
+    fn save_state(&self, snap: &mut Snapshot) -> Result<SolverState>;
+
+    /// Restores the state saved in `saved` and finishes `state` (which has
+    /// the saved parameters, cost and, if saved, gradient) so that the next
+    /// `next_iter` continues the run. Runs instead of `Solver::init`.
+    fn resume(
+        &mut self,
+        problem: &mut Problem<HfProblem>,
+        saved: &Snapshot,
+        state: St,
+    ) -> Result<St>;
+}
+
+pub(crate) fn unsupported(name: &str) -> SolverError {
+    SolverError::Config(format!(
+        "{name} cannot be checkpointed (its argmin state is not exposed); run it without --checkpoint-every"
+    ))
+}
+
+impl Resumable<HfState> for crate::baselines::LbfgsSolver {
+    fn save_state(&self, _: &mut Snapshot) -> Result<SolverState> {
+        Err(unsupported("L-BFGS"))
+    }
+    fn resume(&mut self, _: &mut Problem<HfProblem>, _: &Snapshot, _: HfState) -> Result<HfState> {
+        Err(unsupported("L-BFGS"))
+    }
+}
+
+impl Resumable<HfState> for DenseNewton {
+    fn save_state(&self, _: &mut Snapshot) -> Result<SolverState> {
+        Err(unsupported("dense Newton"))
+    }
+    fn resume(&mut self, _: &mut Problem<HfProblem>, _: &Snapshot, _: HfState) -> Result<HfState> {
+        Err(unsupported("dense Newton"))
+    }
 }
 
 /// The result of one run.
@@ -141,6 +211,12 @@ pub struct Tracked<S> {
     stop: Option<StopReason>,
     last_good: Option<Tensor>,
     records: u64,
+    /// Outer iterations done before this process (a resumed run): argmin's
+    /// iteration counter restarts at 0 and has no setter, so the trace and
+    /// the stopping rules add this instead.
+    iter_offset: u64,
+    method: String,
+    settings: String,
 }
 
 impl<S> Tracked<S> {
@@ -154,7 +230,82 @@ impl<S> Tracked<S> {
             stop: None,
             last_good: None,
             records: 0,
+            iter_offset: 0,
+            method: String::new(),
+            settings: String::new(),
         }
+    }
+
+    /// The run's state after outer iteration `iter`, as a checkpoint.
+    fn snapshot<H>(&self, prob: &HfProblem, state: &State_<H>, iter: u64) -> Result<Snapshot>
+    where
+        S: Resumable<State_<H>>,
+    {
+        let mut snap = Snapshot {
+            meta: SnapshotMeta {
+                method: self.method.clone(),
+                settings: self.settings.clone(),
+                iter,
+                finished: None,
+                cost_bits: state.get_cost().to_bits(),
+                counts: prob.counters().snapshot(),
+                solver_seconds: self.solver_time.as_secs_f64(),
+                records: self.records,
+                trace: self.trace.clone(),
+                extras: BTreeMap::new(),
+                solver: None,
+                tensors: Vec::new(),
+            },
+            tensors: BTreeMap::new(),
+        };
+        let w = state
+            .get_param()
+            .ok_or_else(|| SolverError::Argmin("state has no parameters".into()))?;
+        snap.put("param", &w.0)?;
+        if let Some(g) = state.get_gradient() {
+            snap.put("gradient", &g.0)?;
+        }
+        snap.meta.solver = Some(self.inner.save_state(&mut snap)?);
+        Ok(snap)
+    }
+
+    /// Takes over a snapshot's run: argmin's state, the solver's state, the
+    /// counters, the clock and the trace.
+    fn restore<H>(
+        &mut self,
+        problem: &mut Problem<HfProblem>,
+        snap: &Snapshot,
+        state: State_<H>,
+    ) -> Result<State_<H>>
+    where
+        S: Resumable<State_<H>>,
+    {
+        let device = state
+            .get_param()
+            .map(|p| p.0.device().clone())
+            .ok_or_else(|| SolverError::Argmin("no initial parameters".into()))?;
+        let param = snap
+            .get("param", &device)?
+            .ok_or_else(|| SolverError::Config("the checkpoint has no parameters".into()))?;
+        hf_problem(problem)?.objective().layout().check(&param)?;
+        let mut state = state
+            .param(Params(param.clone()))
+            .cost(f64::from_bits(snap.meta.cost_bits));
+        if let Some(g) = snap.get("gradient", &device)? {
+            state = state.gradient(Params(g));
+        }
+        let state = self.inner.resume(problem, snap, state)?;
+        let prob = hf_problem(problem)?;
+        prob.take_deferred()?;
+        // Whatever `resume` evaluated is not the run's work: the counters
+        // continue from the checkpoint's.
+        prob.counters().restore(snap.meta.counts);
+        self.solver_time = Duration::from_secs_f64(snap.meta.solver_seconds);
+        self.trace = snap.meta.trace.clone();
+        self.records = snap.meta.records;
+        self.iter_offset = snap.meta.iter;
+        self.last_good = Some(param);
+        Ok(state)
     }
 
     fn record<H>(
@@ -207,6 +358,7 @@ impl<S> Tracked<S> {
 
     /// The first stopping rule that fires, if any.
     fn check_rules(&self, prob: Option<&HfProblem>, iter: u64) -> Option<StopReason> {
+        let iter = iter + self.iter_offset;
         if self
             .opts
             .interrupt
@@ -257,7 +409,7 @@ impl<S> Tracked<S> {
 
 impl<S, H> Solver<HfProblem, State_<H>> for Tracked<S>
 where
-    S: Solver<HfProblem, State_<H>>,
+    S: Solver<HfProblem, State_<H>> + Resumable<State_<H>>,
     H: Clone,
 {
     fn name(&self) -> &str {
@@ -269,6 +421,9 @@ where
         problem: &mut Problem<HfProblem>,
         state: State_<H>,
     ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
+        if let Some(snap) = self.opts.resume.clone() {
+            return Ok((self.restore(problem, &snap, state)?, None));
+        }
         let start = Instant::now();
         let (state, kv) = self.inner.init(problem, state)?;
         self.solver_time += start.elapsed();
@@ -285,7 +440,7 @@ where
         state: State_<H>,
     ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
         let before = state.clone();
-        let iter = state.get_iter() + 1;
+        let iter = state.get_iter() + 1 + self.iter_offset;
         let start = Instant::now();
         let result = self.inner.next_iter(problem, state);
         self.solver_time += start.elapsed();
@@ -317,6 +472,11 @@ where
         let at_limit = self.opts.stop.max_iters.is_some_and(|m| iter >= m);
         if iter.is_multiple_of(every) || at_limit {
             self.record(prob, &state, kv.as_ref(), iter)?;
+        }
+        if let Some(ck) = &self.opts.checkpoint
+            && iter.is_multiple_of(ck.every.max(1))
+        {
+            (ck.sink)(&self.snapshot(prob, &state, iter)?)?;
         }
         Ok((state, kv))
     }
@@ -355,6 +515,36 @@ impl<S> Tracked<S> {
 /// Runs `method` on `problem` from `w0`.
 pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) -> Result<RunOutput> {
     problem.objective().layout().check(&w0)?;
+    if (opts.checkpoint.is_some() || opts.resume.is_some()) && !method.checkpointable() {
+        return Err(unsupported(method.name()));
+    }
+    if let Some(snap) = &opts.resume {
+        if snap.meta.method != method.name() || snap.meta.settings != method.fingerprint() {
+            return Err(SolverError::Config(format!(
+                "the checkpoint is of {} with settings {}, not of {} with settings {}",
+                snap.meta.method,
+                snap.meta.settings,
+                method.name(),
+                method.fingerprint()
+            )));
+        }
+        // A finished run is not rerun: its result is in the checkpoint.
+        if let Some(stop) = &snap.meta.finished {
+            let params = snap
+                .get("param", w0.device())?
+                .ok_or_else(|| SolverError::Config("the checkpoint has no parameters".into()))?;
+            problem.counters().restore(snap.meta.counts);
+            return Ok(RunOutput {
+                method: method.name().to_string(),
+                params,
+                trace: snap.meta.trace.clone(),
+                stop: stop.clone(),
+                counts: snap.meta.counts,
+                solver_seconds: snap.meta.solver_seconds,
+                extras: snap.meta.extras.clone(),
+            });
+        }
+    }
     let full = method.full_batch_state();
     match method {
         Method::Sgd(c) => execute(method, Sgd::new(c.clone())?, problem, w0, opts, full),
@@ -377,7 +567,7 @@ struct Budgeted<S>(Tracked<S>);
 
 impl<S, H> Solver<HfProblem, State_<H>> for Budgeted<S>
 where
-    S: Solver<HfProblem, State_<H>>,
+    S: Solver<HfProblem, State_<H>> + Resumable<State_<H>>,
     H: Clone,
 {
     fn name(&self) -> &str {
@@ -419,11 +609,15 @@ fn execute<S, H>(
     full_batch_state: bool,
 ) -> Result<RunOutput>
 where
-    S: Solver<HfProblem, State_<H>> + Extras,
+    S: Solver<HfProblem, State_<H>> + Extras + Resumable<State_<H>>,
     H: Clone,
 {
     let counters = problem.counters().clone();
-    let wrapped = Budgeted(Tracked::new(solver, opts, full_batch_state));
+    let checkpoint = opts.checkpoint.clone();
+    let mut tracked = Tracked::new(solver, opts, full_batch_state);
+    tracked.method = method.name().to_string();
+    tracked.settings = method.fingerprint();
+    let wrapped = Budgeted(tracked);
     let result = Executor::new(problem, wrapped)
         .configure(|s| s.param(Params(w0)))
         .timer(false)
@@ -435,7 +629,7 @@ where
         .clone()
         .ok_or_else(|| SolverError::Argmin("the run ended without parameters".into()))?;
     let stop = tracked.stop.clone().unwrap_or(StopReason::MaxIterations);
-    Ok(RunOutput {
+    let out = RunOutput {
         method: method.name().to_string(),
         params,
         trace: tracked.trace.clone(),
@@ -443,5 +637,35 @@ where
         counts: counters.snapshot(),
         solver_seconds: tracked.solver_time.as_secs_f64(),
         extras: tracked.inner.extras(),
-    })
+    };
+    // An interrupted run keeps its last periodic checkpoint to resume from;
+    // any other end is final and recorded so that a resume does not rerun it.
+    if let Some(ck) = checkpoint
+        && out.stop != StopReason::Interrupted
+    {
+        (ck.sink)(&finished_snapshot(&tracked, &out)?)?;
+    }
+    Ok(out)
+}
+
+fn finished_snapshot<S>(tracked: &Tracked<S>, out: &RunOutput) -> Result<Snapshot> {
+    let mut snap = Snapshot {
+        meta: SnapshotMeta {
+            method: tracked.method.clone(),
+            settings: tracked.settings.clone(),
+            iter: out.trace.last().map_or(0, |r| r.iter),
+            finished: Some(out.stop.clone()),
+            cost_bits: f64::NAN.to_bits(),
+            counts: out.counts,
+            solver_seconds: out.solver_seconds,
+            records: tracked.records,
+            trace: out.trace.clone(),
+            extras: out.extras.clone(),
+            solver: None,
+            tensors: Vec::new(),
+        },
+        tensors: BTreeMap::new(),
+    };
+    snap.put("param", &out.params)?;
+    Ok(snap)
 }

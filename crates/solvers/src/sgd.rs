@@ -142,3 +142,42 @@ impl Solver<HfProblem, HfState> for Sgd {
         Ok((state.param(Params(w_new)).cost(loss), None))
     }
 }
+
+impl crate::run::Resumable<HfState> for Sgd {
+    fn save_state(
+        &self,
+        snap: &mut crate::checkpoint::Snapshot,
+    ) -> Result<crate::checkpoint::SolverState> {
+        if let Some(v) = &self.velocity {
+            snap.put("velocity", v)?;
+        }
+        Ok(crate::checkpoint::SolverState::Sgd {
+            sampler: self.sampler_state().map(Into::into),
+        })
+    }
+
+    /// The sampler continues where it was in its epoch (same permutation,
+    /// same position), which is what makes the batches after a resume the
+    /// same as without one.
+    fn resume(
+        &mut self,
+        _problem: &mut Problem<HfProblem>,
+        saved: &crate::checkpoint::Snapshot,
+        state: HfState,
+    ) -> Result<HfState> {
+        let Some(crate::checkpoint::SolverState::Sgd { sampler }) = saved.meta.solver else {
+            return Err(SolverError::Config(
+                "the checkpoint has no SGD state".into(),
+            ));
+        };
+        let sampler = sampler
+            .ok_or_else(|| SolverError::Config("the checkpoint has no SGD sampler".into()))?;
+        let device = state
+            .get_param()
+            .map(|p| p.0.device().clone())
+            .ok_or_else(|| SolverError::Argmin("no parameters to resume from".into()))?;
+        self.sampler = Some(BatchSampler::restore(sampler.into())?);
+        self.velocity = saved.get("velocity", &device)?;
+        Ok(state)
+    }
+}

@@ -3,45 +3,13 @@
 //! resumed gives the same trace (apart from wall time) and bit-identical
 //! final weights as an uninterrupted run, on the CPU in f64.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hessfree_data::idx::encode;
 use hessfree_solvers::checkpoint;
-
-/// 28x28 images whose class shows as a bright band in row `2 + 2·label`
-/// (as in `compare_cli.rs`).
-fn write_split(dir: &Path, prefix: &str, n: usize) {
-    let mut pixels = vec![0u8; n * 784];
-    let mut labels = vec![0u8; n];
-    for i in 0..n {
-        let label = (i * 7 % 10) as u8;
-        labels[i] = label;
-        let row = 2 + 2 * label as usize;
-        for c in 4..24 {
-            pixels[i * 784 + row * 28 + c] = 200 + (i % 50) as u8;
-        }
-        pixels[i * 784 + 14 * 28 + (i % 28)] = 90;
-    }
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte")),
-        encode(0x803, &[n as u32, 28, 28], &pixels),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-        encode(0x801, &[n as u32], &labels),
-    )
-    .unwrap();
-}
-
-fn dataset() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_split(dir.path(), "train", 300);
-    write_split(dir.path(), "t10k", 100);
-    dir
-}
 
 /// The compare command line for one optimiser, long enough to be killed mid-run.
 fn args(data: &Path, out: &Path, optimizer: &str) -> Vec<String> {
@@ -168,7 +136,7 @@ fn kill_after_checkpoint(args: &[String], ckpt: &Path, min_iter: u64) -> u64 {
 }
 
 fn killed_and_resumed_run_matches_uninterrupted(optimizer: &str) {
-    let data = dataset();
+    let data = common::dataset();
     let reference = data.path().join("reference");
     run_ok(&args(data.path(), &reference, optimizer));
 
@@ -218,7 +186,7 @@ fn trust_region_killed_and_resumed_matches_uninterrupted() {
 /// `.prev` checkpoint, moved into place, resumes to the same result.
 #[test]
 fn truncated_checkpoint_is_refused_and_prev_stays_usable() {
-    let data = dataset();
+    let data = common::dataset();
     let out = data.path().join("run");
     let a = args(data.path(), &out, "newton-cg");
     run_ok(&a);

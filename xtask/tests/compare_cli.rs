@@ -1,10 +1,10 @@
 //! `cargo xtask compare` and `cargo xtask report --check` end to end, on a
 //! small synthetic IDX data set written to a temporary directory.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
-
-use hessfree_data::idx::encode;
 
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -15,42 +15,9 @@ fn xtask(args: &[&str]) -> Output {
         .expect("the xtask binary runs")
 }
 
-/// 28x28 images whose class shows as a bright band in row `2 + 2·label`.
-fn write_split(dir: &Path, prefix: &str, n: usize) {
-    let mut pixels = vec![0u8; n * 784];
-    let mut labels = vec![0u8; n];
-    for i in 0..n {
-        let label = (i * 7 % 10) as u8;
-        labels[i] = label;
-        let row = 2 + 2 * label as usize;
-        for c in 4..24 {
-            pixels[i * 784 + row * 28 + c] = 200 + (i % 50) as u8;
-        }
-        // A little shared noise so classes overlap somewhat.
-        pixels[i * 784 + 14 * 28 + (i % 28)] = 90;
-    }
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte")),
-        encode(0x803, &[n as u32, 28, 28], &pixels),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-        encode(0x801, &[n as u32], &labels),
-    )
-    .unwrap();
-}
-
-fn dataset() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_split(dir.path(), "train", 300);
-    write_split(dir.path(), "t10k", 100);
-    dir
-}
-
 #[test]
 fn compare_writes_a_complete_report_that_checks_clean() {
-    let data = dataset();
+    let data = common::dataset();
     let out = data.path().join("report");
     let out_s = out.to_str().unwrap();
     let res = xtask(&[
@@ -193,7 +160,7 @@ fn compare_writes_a_complete_report_that_checks_clean() {
 
 #[test]
 fn bad_flags_and_missing_data_fail_without_writing() {
-    let data = dataset();
+    let data = common::dataset();
     let out = data.path().join("never");
     let out_s = out.to_str().unwrap();
     let dir = data.path().to_str().unwrap();
@@ -271,7 +238,7 @@ fn trace_without_time(dir: &Path) -> Vec<String> {
 /// same trace apart from the wall-time column.
 #[test]
 fn two_runs_give_identical_traces() {
-    let data = dataset();
+    let data = common::dataset();
     let run = |name: &str| {
         let out = data.path().join(name);
         let res = xtask(&[

@@ -4,28 +4,10 @@
 //! regenerates the table (with temporary paths replaced by placeholders), so
 //! the committed page is always what the code does.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-
-use hessfree_data::idx::encode;
-
-/// A tiny valid IDX data set: 60 train and 20 test images.
-fn write_dataset(dir: &Path) {
-    for (prefix, n) in [("train", 60usize), ("t10k", 20)] {
-        let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 37) % 251) as u8).collect();
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        std::fs::write(
-            dir.join(format!("{prefix}-images-idx3-ubyte")),
-            encode(0x803, &[n as u32, 28, 28], &pixels),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            encode(0x801, &[n as u32], &labels),
-        )
-        .unwrap();
-    }
-}
 
 struct Case {
     input: &'static str,
@@ -43,16 +25,16 @@ fn every_bad_input_is_refused_clearly() {
     let root = tmp.path();
     let good = root.join("data");
     std::fs::create_dir(&good).unwrap();
-    write_dataset(&good);
+    common::write_dataset(&good, 60, 20);
     let missing_one = root.join("missing-one");
     std::fs::create_dir(&missing_one).unwrap();
-    write_dataset(&missing_one);
+    common::write_dataset(&missing_one, 60, 20);
     std::fs::remove_file(missing_one.join("t10k-labels-idx1-ubyte")).unwrap();
     let empty = root.join("empty");
     std::fs::create_dir(&empty).unwrap();
     let corrupt = root.join("corrupt");
     std::fs::create_dir(&corrupt).unwrap();
-    write_dataset(&corrupt);
+    common::write_dataset(&corrupt, 60, 20);
     let bytes = std::fs::read(corrupt.join("train-images-idx3-ubyte")).unwrap();
     std::fs::write(
         corrupt.join("train-images-idx3-ubyte"),

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod bench_report;
 mod check_curvature;
 mod compare;
 mod data_info;
@@ -42,6 +43,8 @@ enum Command {
     CheckCurvature(check_curvature::Args),
     /// Run optimisers side by side and write a convergence report.
     Compare(Box<compare::CompareArgs>),
+    /// Summarise the last `cargo bench` into docs/reports/bench.
+    BenchReport(bench_report::BenchReportArgs),
     /// The Hessian study: spy plots, rank vs batch size, memory, matrix-free spectrum.
     Hessian(hessian::HessianArgs),
     /// Regenerate committed reports from their data, or check them (--check).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Hessian(args) => hessian::run(args),
+        Command::BenchReport(args) => bench_report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

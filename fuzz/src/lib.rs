@@ -5,5 +5,6 @@
 //! checks with `#[path]` and replay every committed input on stable Rust.
 
 mod oracle;
+pub mod checkpoint_oracle;
 
 pub use oracle::{SOURCE, check_gzip_wrapped, check_images, check_labels, gzip};

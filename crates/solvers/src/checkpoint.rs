@@ -232,7 +232,10 @@ impl Snapshot {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                 .collect();
-            tensors.insert(name.clone(), (dtype, v));
+            if tensors.insert(name.clone(), (dtype, v)).is_some() {
+                // Found by the fuzzer: a second copy silently replaced the first.
+                return Err(format!("tensor `{name}` is listed twice in the header"));
+            }
             at = end;
         }
         if at != body_end {

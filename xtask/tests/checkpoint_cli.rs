@@ -65,19 +65,6 @@ fn run_ok(args: &[String]) -> Output {
     out
 }
 
-/// The trace without its wall-time column.
-fn trace_without_time(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("trace.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(2);
-            f.join(",")
-        })
-        .collect()
-}
-
 /// The saved parameters' bit patterns (the file's bytes are not compared:
 /// its JSON metadata is written in hash-map order).
 fn weight_bits(path: &Path) -> Vec<u64> {
@@ -152,9 +139,13 @@ fn killed_and_resumed_run_matches_uninterrupted(optimizer: &str) {
     run_ok(&resume);
     eprintln!("{optimizer}: killed at or after the checkpoint of iteration {iter}, resumed");
 
-    let a = trace_without_time(&reference);
+    let a = common::trace_without_time(&reference);
     assert!(a.len() > 5);
-    assert_eq!(a, trace_without_time(&out), "{optimizer}: traces differ");
+    assert_eq!(
+        a,
+        common::trace_without_time(&out),
+        "{optimizer}: traces differ"
+    );
     let weights = format!("weights_{optimizer}.safetensors");
     assert_eq!(
         weight_bits(&reference.join(&weights)),
@@ -164,7 +155,7 @@ fn killed_and_resumed_run_matches_uninterrupted(optimizer: &str) {
 
     // A finished run is not rerun: resuming again reproduces the same report.
     run_ok(&resume);
-    assert_eq!(a, trace_without_time(&out));
+    assert_eq!(a, common::trace_without_time(&out));
 }
 
 #[test]
@@ -190,7 +181,7 @@ fn truncated_checkpoint_is_refused_and_prev_stays_usable() {
     let out = data.path().join("run");
     let a = args(data.path(), &out, "newton-cg");
     run_ok(&a);
-    let reference = trace_without_time(&out);
+    let reference = common::trace_without_time(&out);
     let path = ckpt(&out, "newton-cg");
     let prev = checkpoint::prev_path(&path);
     assert!(prev.exists(), "no .prev checkpoint kept");
@@ -222,5 +213,5 @@ fn truncated_checkpoint_is_refused_and_prev_stays_usable() {
     assert!(snap.meta.finished.is_none());
     std::fs::rename(&prev, &path).unwrap();
     run_ok(&resume);
-    assert_eq!(reference, trace_without_time(&out));
+    assert_eq!(reference, common::trace_without_time(&out));
 }

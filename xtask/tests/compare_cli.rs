@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn xtask(args: &[&str]) -> Output {
@@ -221,19 +220,6 @@ fn bad_flags_and_missing_data_fail_without_writing() {
     assert!(!out.exists());
 }
 
-/// The trace without its wall-time column.
-fn trace_without_time(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("trace.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(2);
-            f.join(",")
-        })
-        .collect()
-}
-
 /// On the CPU, for a given seed, thread count and dtype, two runs give the
 /// same trace apart from the wall-time column.
 #[test]
@@ -265,7 +251,7 @@ fn two_runs_give_identical_traces() {
             "{}",
             String::from_utf8_lossy(&res.stderr)
         );
-        trace_without_time(&out)
+        common::trace_without_time(&out)
     };
     let a = run("a");
     let b = run("b");

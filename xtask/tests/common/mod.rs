@@ -43,3 +43,16 @@ pub fn dataset() -> tempfile::TempDir {
     write_dataset(dir.path(), 300, 100);
     dir
 }
+
+/// The trace without its wall-time column.
+pub fn trace_without_time(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("trace.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(2);
+            f.join(",")
+        })
+        .collect()
+}

@@ -23,8 +23,10 @@
 //!   place from the batch's chunk tensors;
 //! - `fused-u8`: the fused kernel, `X` as bytes (4x fewer than f32).
 //!
-//! Built with `--features cuda`, the `candle` variant of `grad` and `hvp` also
-//! runs on the first CUDA device as `cuda/softmax/...` (see `softmax_cuda`).
+//! Built with `--features cuda`, `grad` and `hvp` also run on the first CUDA
+//! device as `cuda/softmax/...` (see `softmax_cuda`), for `candle` and for the
+//! CUDA kernels of the fused ops (`fused-{f32,f64}`, `fused-u8`, through
+//! `hessfree_model::fused_ops::FusedOps`).
 
 mod common;
 
@@ -126,13 +128,15 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
     g.finish();
 }
 
-/// The unfused candle path on the first CUDA device (the fused kernel is
-/// CPU-only), `cuda/softmax/{grad,hvp}/{dtype}/n{n}/candle`; the clock stops
-/// after `Device::synchronize`. Written without a GPU or CUDA toolkit at
-/// hand: neither compiled nor run yet.
+/// The unfused candle path and the fused ops' CUDA kernels on the first CUDA
+/// device, `cuda/softmax/{grad,hvp}/{dtype}/n{n}/{variant}`; the clock stops
+/// after `Device::synchronize`. (`grad` returns the loss to the host, which
+/// synchronises by itself.)
 #[cfg(feature = "cuda")]
 fn softmax_cuda(c: &mut Criterion) {
     use hessfree_model::Batches;
+    use hessfree_model::fused::FusedProducts;
+    use hessfree_model::fused_ops::FusedOps;
     let dev = match candle_core::Device::new_cuda(0) {
         Ok(dev) => dev,
         Err(e) => {
@@ -151,6 +155,12 @@ fn softmax_cuda(c: &mut Criterion) {
                 data: &data,
                 model: model.clone(),
             };
+            let fused_float = FusedOps::from_batches(&data, XStorage::Float).expect("fused ops");
+            let fused_u8 = FusedOps::from_batches(&data, XStorage::U8).expect("fused ops u8");
+            let fused = [
+                (format!("fused-{dt}"), &fused_float),
+                ("fused-u8".to_string(), &fused_u8),
+            ];
             let w = common::random(7850, 0.05, 1, dtype)
                 .to_device(&dev)
                 .expect("w");
@@ -158,6 +168,9 @@ fn softmax_cuda(c: &mut Criterion) {
                 .to_device(&dev)
                 .expect("v");
             let probs = candle.probabilities(&w);
+            let p = fused_u8
+                .probabilities_flat(&w, true)
+                .expect("probabilities");
             let mut g = c.benchmark_group(format!("cuda/softmax/grad/{dt}/n{n}"));
             g.throughput(Throughput::Elements(n as u64));
             g.bench_function("candle", |b| {
@@ -167,6 +180,11 @@ fn softmax_cuda(c: &mut Criterion) {
                     black_box(out)
                 })
             });
+            for (name, f) in &fused {
+                g.bench_function(name.as_str(), |b| {
+                    b.iter(|| black_box(f.loss_and_grad_flat(&w, true).expect("grad")))
+                });
+            }
             g.finish();
             let mut g = c.benchmark_group(format!("cuda/softmax/hvp/{dt}/n{n}"));
             g.throughput(Throughput::Elements(n as u64));
@@ -177,6 +195,15 @@ fn softmax_cuda(c: &mut Criterion) {
                     black_box(out)
                 })
             });
+            for (name, f) in &fused {
+                g.bench_function(name.as_str(), |b| {
+                    b.iter(|| {
+                        let out = f.hvp_flat(&p, &v, true).expect("hvp");
+                        dev.synchronize().expect("synchronize");
+                        black_box(out)
+                    })
+                });
+            }
             g.finish();
         }
     }

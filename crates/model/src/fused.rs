@@ -55,10 +55,10 @@
 //!
 //! # Devices
 //!
-//! This is a CPU kernel. The candle ops ([`SoftmaxHvpOp`], [`SoftmaxGradOp`],
-//! [`SoftmaxProbsOp`]) implement `cpu_fwd` only; on CUDA they return candle's
-//! "no cuda implementation" error, and callers should use the unfused
-//! product there (no CUDA kernel has been written or tested).
+//! This is the CPU kernel. The candle ops ([`SoftmaxHvpOp`], [`SoftmaxGradOp`],
+//! [`SoftmaxProbsOp`]) run it in `cpu_fwd`; with the `cuda` feature their
+//! `cuda_fwd` runs the same scheme as CUDA kernels (`fused_cuda.rs`), and
+//! [`crate::fused_ops::FusedOps`] holds a batch on the device for them.
 
 use std::sync::OnceLock;
 
@@ -339,61 +339,35 @@ impl FusedSoftmax {
             ));
         }
         let (inputs, classes) = (batches.inputs(), batches.classes());
-        let mut segments = Vec::with_capacity(batches.chunks().len());
-        let mut compress = storage != XStorage::Float;
-        let mut bytes = Vec::new();
-        if compress {
-            bytes.reserve(batches.rows() * inputs);
-            for (x, _) in batches.chunks() {
-                if !as_u8_exact(x, &mut bytes)? {
-                    compress = false;
-                    break;
-                }
-            }
-        }
-        if storage == XStorage::U8 && !compress {
-            return Err(ModelError::Batch(
-                "the inputs are not all exactly k/255, so they cannot be stored as u8".into(),
-            ));
-        }
-        if compress {
-            segments.push((
+        let segments = match batch_bytes(batches, storage)? {
+            Some(bytes) => vec![(
                 batches.rows(),
                 XData::U8 {
                     data: bytes,
                     scale: 1.0 / 255.0,
                 },
-            ));
-        } else {
-            for (x, _) in batches.chunks() {
-                segments.push((
-                    x.dim(0)?,
-                    XData::Tensor {
-                        tensor: x.contiguous()?,
-                        scale: 1.0,
-                    },
-                ));
-            }
-        }
-        let mut dense = Vec::with_capacity(batches.rows() * classes);
-        for (_, y) in batches.chunks() {
-            dense.extend(y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
-        }
-        let one_hot = dense.chunks_exact(classes).all(|row| {
-            row.iter().filter(|&&v| v == 1.0).count() == 1
-                && row.iter().all(|&v| v == 0.0 || v == 1.0)
-        });
-        let targets = if one_hot {
-            Targets::Labels(
-                dense
-                    .chunks_exact(classes)
-                    .map(|row| row.iter().position(|&v| v == 1.0).unwrap_or(0) as u32)
-                    .collect(),
-            )
-        } else {
-            Targets::Dense(dense)
+            )],
+            None => batches
+                .chunks()
+                .iter()
+                .map(|(x, _)| {
+                    Ok((
+                        x.dim(0)?,
+                        XData::Tensor {
+                            tensor: x.contiguous()?,
+                            scale: 1.0,
+                        },
+                    ))
+                })
+                .collect::<Result<_>>()?,
         };
-        Self::from_segments(segments, targets, inputs, classes, batches.rows())
+        Self::from_segments(
+            segments,
+            batch_targets(batches)?,
+            inputs,
+            classes,
+            batches.rows(),
+        )
     }
 
     pub fn rows(&self) -> usize {
@@ -733,6 +707,36 @@ fn leaf_rows(n: usize) -> usize {
     (n / 16).clamp(4 * BLOCK_ROWS, 64 * BLOCK_ROWS)
 }
 
+/// The fused products an objective needs, on flat parameter tensors in the
+/// layout of [`crate::Model`] (weights `[d, k]` row-major, then the bias).
+/// Implemented by [`FusedSoftmax`] (host memory, CPU) and by
+/// [`crate::fused_ops::FusedOps`] (candle ops on the batch's device).
+pub trait FusedProducts: Send + Sync {
+    /// The mean cross-entropy.
+    fn loss_flat(&self, theta: &Tensor, bias: bool) -> Result<f64>;
+    /// The mean cross-entropy and its gradient, flat like `theta`.
+    fn loss_and_grad_flat(&self, theta: &Tensor, bias: bool) -> Result<(f64, Tensor)>;
+    /// The probabilities, `[rows, classes]`.
+    fn probabilities_flat(&self, theta: &Tensor, bias: bool) -> Result<Tensor>;
+    /// The Hessian product at the point whose probabilities are `p`.
+    fn hvp_flat(&self, p: &Tensor, v: &Tensor, bias: bool) -> Result<Tensor>;
+}
+
+impl FusedProducts for FusedSoftmax {
+    fn loss_flat(&self, theta: &Tensor, bias: bool) -> Result<f64> {
+        FusedSoftmax::loss_flat(self, theta, bias)
+    }
+    fn loss_and_grad_flat(&self, theta: &Tensor, bias: bool) -> Result<(f64, Tensor)> {
+        FusedSoftmax::loss_and_grad_flat(self, theta, bias)
+    }
+    fn probabilities_flat(&self, theta: &Tensor, bias: bool) -> Result<Tensor> {
+        FusedSoftmax::probabilities_flat(self, theta, bias)
+    }
+    fn hvp_flat(&self, p: &Tensor, v: &Tensor, bias: bool) -> Result<Tensor> {
+        FusedSoftmax::hvp_flat(self, p, v, bias)
+    }
+}
+
 fn unsupported_dtype(dtype: DType) -> ModelError {
     ModelError::Unsupported(format!(
         "the fused softmax kernels compute in f32 or f64, not {dtype:?}"
@@ -787,6 +791,52 @@ fn check_tensor_x(t: &Tensor) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The batch's `X` as bytes (`k` for `k/255`) when `storage` allows it and
+/// every input is exactly `k/255`; `None` when `X` stays in floats. The
+/// check runs on a CPU copy of each chunk, once, when a kernel is set up.
+pub(crate) fn batch_bytes(batches: &Batches, storage: XStorage) -> Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    let mut compress = storage != XStorage::Float;
+    if compress {
+        bytes.reserve(batches.rows() * batches.inputs());
+        for (x, _) in batches.chunks() {
+            if !as_u8_exact(&x.to_device(&Device::Cpu)?, &mut bytes)? {
+                compress = false;
+                break;
+            }
+        }
+    }
+    if storage == XStorage::U8 && !compress {
+        return Err(ModelError::Batch(
+            "the inputs are not all exactly k/255, so they cannot be stored as u8".into(),
+        ));
+    }
+    Ok(compress.then_some(bytes))
+}
+
+/// The batch's targets: class labels when every row is one-hot, else the
+/// dense rows in `f64`.
+pub(crate) fn batch_targets(batches: &Batches) -> Result<Targets> {
+    let classes = batches.classes();
+    let mut dense = Vec::with_capacity(batches.rows() * classes);
+    for (_, y) in batches.chunks() {
+        dense.extend(y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+    }
+    let one_hot = dense.chunks_exact(classes).all(|row| {
+        row.iter().filter(|&&v| v == 1.0).count() == 1 && row.iter().all(|&v| v == 0.0 || v == 1.0)
+    });
+    Ok(if one_hot {
+        Targets::Labels(
+            dense
+                .chunks_exact(classes)
+                .map(|row| row.iter().position(|&v| v == 1.0).unwrap_or(0) as u32)
+                .collect(),
+        )
+    } else {
+        Targets::Dense(dense)
+    })
 }
 
 /// Appends `x * 255` as bytes if every value is exactly `k/255` as the
@@ -985,6 +1035,19 @@ impl CustomOp3 for SoftmaxHvpOp {
         "fused-softmax-hvp"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::fused_cuda::hvp(self, s1, l1, s2, l2, s3, l3)
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -1042,6 +1105,19 @@ pub struct SoftmaxGradOp {
 impl CustomOp3 for SoftmaxGradOp {
     fn name(&self) -> &'static str {
         "fused-softmax-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::fused_cuda::grad(self, s1, l1, s2, l2, s3, l3)
     }
 
     fn cpu_fwd(
@@ -1130,6 +1206,17 @@ pub struct SoftmaxProbsOp {
 impl CustomOp2 for SoftmaxProbsOp {
     fn name(&self) -> &'static str {
         "fused-softmax-probs"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::fused_cuda::probs(self, s1, l1, s2, l2)
     }
 
     fn cpu_fwd(

@@ -13,6 +13,9 @@ pub mod autodiff;
 pub mod dense;
 pub mod error;
 pub mod fused;
+#[cfg(feature = "cuda")]
+mod fused_cuda;
+pub mod fused_ops;
 pub mod linop;
 pub mod mlp;
 pub mod model;

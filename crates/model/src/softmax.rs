@@ -5,16 +5,18 @@
 //! matrix products: `R = H_L(XV + v_b)`, then `XᵀR / n`.
 //!
 //! On the CPU these run by default in the fused kernel of [`crate::fused`]
-//! (one pass over `X`, `X` kept as bytes when it is exactly `k/255`);
-//! [`SoftmaxKernel::Candle`] selects the candle matmuls, which every device
-//! runs.
+//! (one pass over `X`, `X` kept as bytes when it is exactly `k/255`); on CUDA
+//! in the same scheme's CUDA kernel, through the candle ops of
+//! [`crate::fused_ops`]. [`SoftmaxKernel::Candle`] selects the candle
+//! matmuls, which every device runs.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::fused::{FusedSoftmax, XStorage};
+use crate::fused::{FusedProducts, FusedSoftmax, XStorage};
+use crate::fused_ops::FusedOps;
 use crate::linop::{Counter, LinOp};
 use crate::model::{Model, ModelSpec};
 use crate::objective::{
@@ -28,19 +30,26 @@ use crate::regularizer::{Penalty, Regularizer};
 pub enum SoftmaxKernel {
     /// Candle matmuls over the batch's chunks, on any device.
     Candle,
-    /// The fused CPU kernel ([`crate::fused`]), storing `X` as `storage` says.
+    /// The fused CPU kernel ([`crate::fused`]) on host memory, storing `X`
+    /// as `storage` says. CPU only.
     Fused(XStorage),
+    /// The fused kernels as candle ops on the batch's device
+    /// ([`crate::fused_ops`]): the CUDA kernel on a GPU (with the `cuda`
+    /// feature), the CPU kernel on the CPU.
+    FusedOps(XStorage),
 }
 
 impl SoftmaxKernel {
-    /// `Fused(Auto)` on the CPU, `Candle` elsewhere; `HESSFREE_FUSED=0` in the
-    /// environment forces `Candle`.
+    /// `Fused(Auto)` on the CPU, `FusedOps(Auto)` on CUDA, `Candle`
+    /// elsewhere; `HESSFREE_FUSED=0` in the environment forces `Candle`.
     pub fn default_for(device: &Device) -> Self {
-        let off = std::env::var("HESSFREE_FUSED").is_ok_and(|v| v == "0");
-        if matches!(device, Device::Cpu) && !off {
-            Self::Fused(XStorage::Auto)
-        } else {
-            Self::Candle
+        if std::env::var("HESSFREE_FUSED").is_ok_and(|v| v == "0") {
+            return Self::Candle;
+        }
+        match device {
+            Device::Cpu => Self::Fused(XStorage::Auto),
+            Device::Cuda(_) => Self::FusedOps(XStorage::Auto),
+            _ => Self::Candle,
         }
     }
 }
@@ -50,8 +59,8 @@ pub struct SoftmaxObjective {
     data: Batches,
     reg: Arc<Regularizer>,
     kernel: SoftmaxKernel,
-    /// Present when `kernel` is `Fused`.
-    fused: Option<Arc<FusedSoftmax>>,
+    /// Present unless `kernel` is `Candle`.
+    fused: Option<Arc<dyn FusedProducts>>,
 }
 
 impl SoftmaxObjective {
@@ -75,12 +84,16 @@ impl SoftmaxObjective {
         .with_kernel(kernel)
     }
 
-    /// The same objective computed by `kernel` (`Fused` needs the CPU).
+    /// The same objective computed by `kernel` (`Fused` needs the CPU;
+    /// `FusedOps` a CPU, or CUDA with the `cuda` feature).
     pub fn with_kernel(mut self, kernel: SoftmaxKernel) -> Result<Self> {
         self.fused = match kernel {
             SoftmaxKernel::Candle => None,
             SoftmaxKernel::Fused(storage) => {
                 Some(Arc::new(FusedSoftmax::from_batches(&self.data, storage)?))
+            }
+            SoftmaxKernel::FusedOps(storage) => {
+                Some(Arc::new(FusedOps::from_batches(&self.data, storage)?))
             }
         };
         self.kernel = kernel;
@@ -91,8 +104,8 @@ impl SoftmaxObjective {
         self.kernel
     }
 
-    /// The fused kernel's view of the batch, when that kernel is in use.
-    pub fn fused(&self) -> Option<&Arc<FusedSoftmax>> {
+    /// The fused kernel's view of the batch, when a fused kernel is in use.
+    pub fn fused(&self) -> Option<&Arc<dyn FusedProducts>> {
         self.fused.as_ref()
     }
 
@@ -308,7 +321,7 @@ pub struct SoftmaxCurvature {
     reg: Arc<Regularizer>,
     counter: Counter,
     /// The fused kernel and the probabilities `[rows, k]`, when in use.
-    fused: Option<(Arc<FusedSoftmax>, Tensor)>,
+    fused: Option<(Arc<dyn FusedProducts>, Tensor)>,
 }
 
 impl SoftmaxCurvature {

@@ -1,0 +1,525 @@
+//! The CUDA side of the fused softmax ops: `cuda_fwd` for
+//! [`SoftmaxHvpOp`](crate::fused::SoftmaxHvpOp),
+//! [`SoftmaxGradOp`](crate::fused::SoftmaxGradOp) and
+//! [`SoftmaxProbsOp`](crate::fused::SoftmaxProbsOp).
+//!
+//! The kernels (`fused_cuda.cu`) are compiled at run time by NVRTC, once per
+//! process and problem shape, with the inputs `D`, the classes `K`, the bias
+//! and the element types as compile-time constants: every loop over a row's
+//! pixels-per-thread and classes then has a constant trip count and the
+//! register tiles stay in registers. It also means this crate needs no build
+//! script: candle's `cuda` feature already links NVRTC.
+//!
+//! Each product is two launches: one pass over `X` in which every block
+//! writes its unscaled partial sums, then a reduction that adds them in
+//! block order in `f64` and scales by `1/n`. No atomics, so results are
+//! bit-identical between runs on one GPU. The number of blocks is twice the
+//! number of multiprocessors, or `HESSFREE_CUDA_BLOCKS` (for benchmarks).
+//!
+//! The kernels' logic is tested on the CPU by `tests/fused_cuda_emulated.rs`,
+//! which runs the same source under a small emulation of CUDA's thread model.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::cudarc::nvrtc;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
+
+use crate::fused::{SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp};
+
+const SOURCE: &str = include_str!("fused_cuda.cu");
+/// Threads per block of the pass kernels (`THREADS` in the source).
+const THREADS: u32 = 256;
+const WARPS: usize = THREADS as usize / 32;
+
+/// A compute type of the kernels: `f32` or `f64`.
+trait Real: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType + Copy {
+    const C_NAME: &'static str;
+    /// Rows per warp in the forward half (`RW`): `f64` tiles are twice as
+    /// wide in registers, so they take half as many rows.
+    const ROWS_PER_WARP: usize;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    const C_NAME: &'static str = "float";
+    const ROWS_PER_WARP: usize = 4;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    const C_NAME: &'static str = "double";
+    const ROWS_PER_WARP: usize = 2;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+fn err(msg: String) -> candle_core::Error {
+    candle_core::Error::Cuda(msg.into())
+}
+
+/// `X` as a typed device view.
+enum XView<'a> {
+    U8(CudaView<'a, u8>),
+    F32(CudaView<'a, f32>),
+    F64(CudaView<'a, f64>),
+}
+
+impl XView<'_> {
+    fn c_name(&self) -> &'static str {
+        match self {
+            XView::U8(_) => "unsigned char",
+            XView::F32(_) => "float",
+            XView::F64(_) => "double",
+        }
+    }
+}
+
+fn view<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| err(format!("fused softmax: {what} must be contiguous")))?;
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+fn x_view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<(XView<'a>, usize, usize)> {
+    let (n, d) = l.shape().dims2()?;
+    if n > i32::MAX as usize {
+        return Err(err(format!(
+            "fused softmax: {n} rows exceed the CUDA kernel's limit of {}",
+            i32::MAX
+        )));
+    }
+    let x = match s.dtype() {
+        DType::U8 => XView::U8(view(s, l, "X")?),
+        DType::F32 => XView::F32(view(s, l, "X")?),
+        DType::F64 => XView::F64(view(s, l, "X")?),
+        other => {
+            return Err(err(format!(
+                "fused softmax: X must be u8, f32 or f64, got {other:?}"
+            )));
+        }
+    };
+    Ok((x, n, d))
+}
+
+/// The compiled PTX of every shape seen so far, by module name.
+fn ptx_cache() -> &'static Mutex<HashMap<String, String>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// One specialisation of the kernels.
+struct Module {
+    name: String,
+    source: String,
+}
+
+impl Module {
+    fn new<T: Real>(x: &XView<'_>, d: usize, k: usize, bias: bool) -> Self {
+        let (xt, t, rw) = (x.c_name(), T::C_NAME, T::ROWS_PER_WARP);
+        let b = u8::from(bias);
+        Self {
+            name: format!(
+                "hessfree_fused_{}_{t}_d{d}_k{k}_b{b}_rw{rw}",
+                xt.replace(' ', "_")
+            ),
+            source: format!(
+                "#define XT {xt}\n#define T {t}\n#define D {d}\n#define K {k}\n\
+                 #define BIAS {b}\n#define RW {rw}\n{SOURCE}"
+            ),
+        }
+    }
+
+    fn function(&self, dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
+        let ptx = {
+            let mut cache = ptx_cache()
+                .lock()
+                .map_err(|_| err("PTX cache poisoned".into()))?;
+            match cache.get(&self.name) {
+                Some(p) => p.clone(),
+                None => {
+                    let opts = nvrtc::CompileOptions {
+                        name: Some(format!("{}.cu", self.name)),
+                        ..Default::default()
+                    };
+                    let ptx = nvrtc::compile_ptx_with_opts(&self.source, opts).map_err(|e| {
+                        err(format!(
+                            "NVRTC could not compile the fused softmax kernels ({}): {e:?}",
+                            self.name
+                        ))
+                    })?;
+                    let src = ptx.to_src();
+                    cache.insert(self.name.clone(), src.clone());
+                    src
+                }
+            }
+        };
+        Ok((*dev.get_or_load_custom_func(name, &self.name, &ptx)?).clone())
+    }
+}
+
+/// Rows per block and the block count: about `2 x SMs` blocks (or
+/// `HESSFREE_CUDA_BLOCKS`), each a whole number of tiles.
+fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<(usize, usize)> {
+    let target = match std::env::var("HESSFREE_CUDA_BLOCKS") {
+        Ok(v) => v.parse::<usize>().ok().filter(|&b| b > 0).ok_or_else(|| {
+            err(format!(
+                "HESSFREE_CUDA_BLOCKS={v:?}: expected a positive integer"
+            ))
+        })?,
+        Err(_) => {
+            let sms = dev
+                .cuda_stream()
+                .context()
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .w()?;
+            2 * sms.max(1) as usize
+        }
+    };
+    let tile = WARPS * T::ROWS_PER_WARP;
+    let rows_per_block = n.div_ceil(target).max(1).div_ceil(tile) * tile;
+    Ok((rows_per_block, n.div_ceil(rows_per_block).max(1)))
+}
+
+fn pass_config(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_params(dim: usize, d: usize, k: usize, bias: bool, what: &str) -> candle_core::Result<()> {
+    let want = d * k + if bias { k } else { 0 };
+    if dim != want {
+        return Err(err(format!(
+            "fused softmax: {what} hold {dim} values, expected {d}x{k}{}",
+            if bias { " + bias" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// Adds the blocks' partials: `out[i] = scale · Σ_b partial[b, i]`, `i < len`.
+fn reduce<T: Real>(
+    dev: &CudaDevice,
+    module: &Module,
+    partial: &CudaSlice<T>,
+    blocks: usize,
+    len: usize,
+    scale: f64,
+) -> candle_core::Result<CudaSlice<T>> {
+    let out = dev.alloc_zeros::<T>(len)?;
+    let func = module.function(dev, "fused_reduce")?;
+    let (blocks_i, len_i) = (blocks as i32, len as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    b.arg(partial);
+    b.arg(&blocks_i);
+    b.arg(&len_i);
+    b.arg(&scale);
+    b.arg(&out);
+    // SAFETY: the arguments match fused_reduce's signature; `partial` holds
+    // `blocks` rows of NOUT >= len values and `out` holds `len`.
+    unsafe { b.launch(LaunchConfig::for_num_elems(len as u32)) }.w()?;
+    Ok(out)
+}
+
+/// Pushes `X` whatever its element type.
+macro_rules! push_x {
+    ($b:expr, $x:expr) => {
+        match $x {
+            XView::U8(v) => $b.arg(v),
+            XView::F32(v) => $b.arg(v),
+            XView::F64(v) => $b.arg(v),
+        }
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hvp_typed<T: Real>(
+    op: &SoftmaxHvpOp,
+    dev: &CudaDevice,
+    x: &XView<'_>,
+    n: usize,
+    d: usize,
+    p: &CudaView<'_, T>,
+    v: &CudaView<'_, T>,
+) -> candle_core::Result<CudaSlice<T>> {
+    let k = op.classes;
+    check_params(v.len(), d, k, op.bias, "the direction")?;
+    let module = Module::new::<T>(x, d, k, op.bias);
+    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+    let nout = v.len() + 1;
+    let partial = dev.alloc_zeros::<T>(blocks * nout)?;
+    let func = module.function(dev, "fused_hvp")?;
+    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
+    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
+        op.x_scale
+    } else {
+        1.0
+    });
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    push_x!(b, x);
+    b.arg(&n_i);
+    b.arg(&rpb_i);
+    b.arg(v);
+    b.arg(&xscale);
+    b.arg(p);
+    b.arg(&partial);
+    // SAFETY: the arguments match fused_hvp's signature; the shapes were
+    // checked against the module's D and K.
+    unsafe { b.launch(pass_config(blocks)) }.w()?;
+    reduce(dev, &module, &partial, blocks, v.len(), op.scale)
+}
+
+pub(crate) fn hvp(
+    op: &SoftmaxHvpOp,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (x, n, d) = x_view(s1, l1)?;
+    let k = op.classes;
+    if l2.shape().dims2()? != (n, k) {
+        return Err(err(format!(
+            "fused softmax hvp: probabilities must be [{n}, {k}], got {:?}",
+            l2.shape()
+        )));
+    }
+    let dim = l3.shape().elem_count();
+    let slice = match (s2.dtype(), s3.dtype()) {
+        (DType::F32, DType::F32) => {
+            let out = hvp_typed::<f32>(
+                op,
+                &dev,
+                &x,
+                n,
+                d,
+                &view(s2, l2, "probabilities")?,
+                &view(s3, l3, "the direction")?,
+            )?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        (DType::F64, DType::F64) => {
+            let out = hvp_typed::<f64>(
+                op,
+                &dev,
+                &x,
+                n,
+                d,
+                &view(s2, l2, "probabilities")?,
+                &view(s3, l3, "the direction")?,
+            )?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        (a, b) => {
+            return Err(err(format!(
+                "fused softmax hvp: probabilities and direction must both be f32 or both f64, got {a:?} and {b:?}"
+            )));
+        }
+    };
+    Ok((slice, Shape::from(dim)))
+}
+
+/// Training targets on the device.
+enum TargetView<'a, T> {
+    Labels(CudaView<'a, u32>),
+    Dense(CudaView<'a, T>),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn grad_typed<T: Real>(
+    op: &SoftmaxGradOp,
+    dev: &CudaDevice,
+    x: &XView<'_>,
+    n: usize,
+    d: usize,
+    targets: &TargetView<'_, T>,
+    w: &CudaView<'_, T>,
+) -> candle_core::Result<CudaSlice<T>> {
+    let k = op.classes;
+    check_params(w.len(), d, k, op.bias, "the parameters")?;
+    let module = Module::new::<T>(x, d, k, op.bias);
+    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+    let nout = w.len() + 1;
+    let partial = dev.alloc_zeros::<T>(blocks * nout)?;
+    let func = module.function(dev, "fused_grad")?;
+    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
+    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
+        op.x_scale
+    } else {
+        1.0
+    });
+    // The kernel takes both target pointers; the unused one gets a dummy.
+    let dummy_labels = dev.alloc_zeros::<u32>(1)?;
+    let dummy_dense = dev.alloc_zeros::<T>(1)?;
+    let has_labels = i32::from(matches!(targets, TargetView::Labels(_)));
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    push_x!(b, x);
+    b.arg(&n_i);
+    b.arg(&rpb_i);
+    b.arg(w);
+    b.arg(&xscale);
+    match targets {
+        TargetView::Labels(l) => {
+            b.arg(l);
+            b.arg(&dummy_dense);
+        }
+        TargetView::Dense(y) => {
+            b.arg(&dummy_labels);
+            b.arg(y);
+        }
+    }
+    b.arg(&has_labels);
+    b.arg(&partial);
+    // SAFETY: the arguments match fused_grad's signature; the shapes were
+    // checked against the module's D and K.
+    unsafe { b.launch(pass_config(blocks)) }.w()?;
+    reduce(dev, &module, &partial, blocks, nout, op.scale)
+}
+
+/// Labels are not range-checked on the GPU (that would cost a copy back);
+/// a label `>= K` adds nothing to the loss and `-1` to no class. The
+/// objectives build labels from one-hot targets, which cannot be out of range.
+pub(crate) fn grad(
+    op: &SoftmaxGradOp,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (x, n, d) = x_view(s1, l1)?;
+    let k = op.classes;
+    let labels = s2.dtype() == DType::U32;
+    if labels && l2.shape().dims() != [n] {
+        return Err(err(format!(
+            "fused softmax grad: labels must be [{n}], got {:?}",
+            l2.shape()
+        )));
+    }
+    if !labels && l2.shape().dims2()? != (n, k) {
+        return Err(err(format!(
+            "fused softmax grad: targets must be [{n}, {k}], got {:?}",
+            l2.shape()
+        )));
+    }
+    if !labels && s2.dtype() != s3.dtype() {
+        return Err(err(format!(
+            "fused softmax grad on CUDA: dense targets must have the parameters' dtype {:?}, got {:?}",
+            s3.dtype(),
+            s2.dtype()
+        )));
+    }
+    let dim = l3.shape().elem_count();
+    let slice = match s3.dtype() {
+        DType::F32 => {
+            let t = if labels {
+                TargetView::Labels(view(s2, l2, "labels")?)
+            } else {
+                TargetView::Dense(view(s2, l2, "targets")?)
+            };
+            let out = grad_typed::<f32>(op, &dev, &x, n, d, &t, &view(s3, l3, "parameters")?)?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        DType::F64 => {
+            let t = if labels {
+                TargetView::Labels(view(s2, l2, "labels")?)
+            } else {
+                TargetView::Dense(view(s2, l2, "targets")?)
+            };
+            let out = grad_typed::<f64>(op, &dev, &x, n, d, &t, &view(s3, l3, "parameters")?)?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        other => {
+            return Err(err(format!(
+                "fused softmax grad: parameters of dtype {other:?}"
+            )));
+        }
+    };
+    Ok((slice, Shape::from(dim + 1)))
+}
+
+fn probs_typed<T: Real>(
+    op: &SoftmaxProbsOp,
+    dev: &CudaDevice,
+    x: &XView<'_>,
+    n: usize,
+    d: usize,
+    w: &CudaView<'_, T>,
+) -> candle_core::Result<CudaSlice<T>> {
+    let k = op.classes;
+    check_params(w.len(), d, k, op.bias, "the parameters")?;
+    let module = Module::new::<T>(x, d, k, op.bias);
+    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+    let out = dev.alloc_zeros::<T>(n * k)?;
+    let func = module.function(dev, "fused_probs")?;
+    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
+    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
+        op.x_scale
+    } else {
+        1.0
+    });
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    push_x!(b, x);
+    b.arg(&n_i);
+    b.arg(&rpb_i);
+    b.arg(w);
+    b.arg(&xscale);
+    b.arg(&out);
+    // SAFETY: the arguments match fused_probs's signature; `out` holds n*K.
+    unsafe { b.launch(pass_config(blocks)) }.w()?;
+    Ok(out)
+}
+
+pub(crate) fn probs(
+    op: &SoftmaxProbsOp,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (x, n, d) = x_view(s1, l1)?;
+    let k = op.classes;
+    let slice = match s2.dtype() {
+        DType::F32 => {
+            let out = probs_typed::<f32>(op, &dev, &x, n, d, &view(s2, l2, "parameters")?)?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        DType::F64 => {
+            let out = probs_typed::<f64>(op, &dev, &x, n, d, &view(s2, l2, "parameters")?)?;
+            CudaStorage::wrap_cuda_slice(out, dev)
+        }
+        other => {
+            return Err(err(format!(
+                "fused softmax probabilities: parameters of dtype {other:?}"
+            )));
+        }
+    };
+    Ok((slice, Shape::from((n, k))))
+}

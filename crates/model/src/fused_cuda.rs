@@ -26,7 +26,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
@@ -195,14 +196,6 @@ fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<(usize,
     Ok((rows_per_block, n.div_ceil(rows_per_block).max(1)))
 }
 
-fn pass_config(blocks: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 fn check_params(dim: usize, d: usize, k: usize, bias: bool, what: &str) -> candle_core::Result<()> {
     let want = d * k + if bias { k } else { 0 };
     if dim != want {
@@ -239,53 +232,101 @@ fn reduce<T: Real>(
     Ok(out)
 }
 
-/// Pushes `X` whatever its element type.
-macro_rules! push_x {
-    ($b:expr, $x:expr) => {
-        match $x {
-            XView::U8(v) => $b.arg(v),
-            XView::F32(v) => $b.arg(v),
-            XView::F64(v) => $b.arg(v),
-        }
-    };
+/// One launch of a pass kernel: its specialisation, the row partition and
+/// the arguments every pass kernel starts with.
+struct Pass<T> {
+    module: Module,
+    func: CudaFunction,
+    blocks: usize,
+    n: i32,
+    rows_per_block: i32,
+    xscale: T,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl<T: Real> Pass<T> {
+    /// `op`: the op's classes, bias and `u8` scale; `params`: the length of
+    /// the parameters (or direction, for `fused_hvp`), checked against
+    /// `d x k (+ k)`; `kernel`: `fused_grad`, `fused_hvp` or `fused_probs`.
+    fn new(
+        dev: &CudaDevice,
+        (x, n, d): (&XView<'_>, usize, usize),
+        (k, bias, x_scale): (usize, bool, f64),
+        params: usize,
+        kernel: &str,
+    ) -> candle_core::Result<Self> {
+        let what = if kernel == "fused_hvp" {
+            "the direction"
+        } else {
+            "the parameters"
+        };
+        check_params(params, d, k, bias, what)?;
+        let module = Module::new::<T>(x, d, k, bias);
+        let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+        let func = module.function(dev, kernel)?;
+        // u8 pixels mean `byte * x_scale`; float inputs are used as they are.
+        let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
+            x_scale
+        } else {
+            1.0
+        });
+        Ok(Self {
+            module,
+            func,
+            blocks,
+            n: n as i32,
+            rows_per_block: rows_per_block as i32,
+            xscale,
+        })
+    }
+
+    /// The launch with `x, n, rows_per_block, theta, xscale` pushed; the
+    /// caller pushes the kernel's remaining arguments.
+    fn args<'a>(
+        &'a self,
+        stream: &'a CudaStream,
+        x: &'a XView<'_>,
+        theta: &'a CudaView<'_, T>,
+    ) -> LaunchArgs<'a> {
+        let mut b = stream.launch_builder(&self.func);
+        match x {
+            XView::U8(v) => b.arg(v),
+            XView::F32(v) => b.arg(v),
+            XView::F64(v) => b.arg(v),
+        };
+        b.arg(&self.n);
+        b.arg(&self.rows_per_block);
+        b.arg(theta);
+        b.arg(&self.xscale);
+        b
+    }
+
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.blocks as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
 fn hvp_typed<T: Real>(
     op: &SoftmaxHvpOp,
     dev: &CudaDevice,
-    x: &XView<'_>,
-    n: usize,
-    d: usize,
+    (x, n, d): (&XView<'_>, usize, usize),
     p: &CudaView<'_, T>,
     v: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
-    let k = op.classes;
-    check_params(v.len(), d, k, op.bias, "the direction")?;
-    let module = Module::new::<T>(x, d, k, op.bias);
-    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
-    let nout = v.len() + 1;
-    let partial = dev.alloc_zeros::<T>(blocks * nout)?;
-    let func = module.function(dev, "fused_hvp")?;
-    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
-    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
-        op.x_scale
-    } else {
-        1.0
-    });
+    let shape = (op.classes, op.bias, op.x_scale);
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, v.len(), "fused_hvp")?;
+    let partial = dev.alloc_zeros::<T>(pass.blocks * (v.len() + 1))?;
     let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&func);
-    push_x!(b, x);
-    b.arg(&n_i);
-    b.arg(&rpb_i);
-    b.arg(v);
-    b.arg(&xscale);
+    let mut b = pass.args(&stream, x, v);
     b.arg(p);
     b.arg(&partial);
     // SAFETY: the arguments match fused_hvp's signature; the shapes were
     // checked against the module's D and K.
-    unsafe { b.launch(pass_config(blocks)) }.w()?;
-    reduce(dev, &module, &partial, blocks, v.len(), op.scale)
+    unsafe { b.launch(pass.config()) }.w()?;
+    reduce(dev, &pass.module, &partial, pass.blocks, v.len(), op.scale)
 }
 
 pub(crate) fn hvp(
@@ -312,9 +353,7 @@ pub(crate) fn hvp(
             let out = hvp_typed::<f32>(
                 op,
                 &dev,
-                &x,
-                n,
-                d,
+                (&x, n, d),
                 &view(s2, l2, "probabilities")?,
                 &view(s3, l3, "the direction")?,
             )?;
@@ -324,9 +363,7 @@ pub(crate) fn hvp(
             let out = hvp_typed::<f64>(
                 op,
                 &dev,
-                &x,
-                n,
-                d,
+                (&x, n, d),
                 &view(s2, l2, "probabilities")?,
                 &view(s3, l3, "the direction")?,
             )?;
@@ -347,40 +384,23 @@ enum TargetView<'a, T> {
     Dense(CudaView<'a, T>),
 }
 
-#[allow(clippy::too_many_arguments)]
 fn grad_typed<T: Real>(
     op: &SoftmaxGradOp,
     dev: &CudaDevice,
-    x: &XView<'_>,
-    n: usize,
-    d: usize,
+    (x, n, d): (&XView<'_>, usize, usize),
     targets: &TargetView<'_, T>,
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
-    let k = op.classes;
-    check_params(w.len(), d, k, op.bias, "the parameters")?;
-    let module = Module::new::<T>(x, d, k, op.bias);
-    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+    let shape = (op.classes, op.bias, op.x_scale);
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, w.len(), "fused_grad")?;
     let nout = w.len() + 1;
-    let partial = dev.alloc_zeros::<T>(blocks * nout)?;
-    let func = module.function(dev, "fused_grad")?;
-    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
-    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
-        op.x_scale
-    } else {
-        1.0
-    });
+    let partial = dev.alloc_zeros::<T>(pass.blocks * nout)?;
     // The kernel takes both target pointers; the unused one gets a dummy.
     let dummy_labels = dev.alloc_zeros::<u32>(1)?;
     let dummy_dense = dev.alloc_zeros::<T>(1)?;
     let has_labels = i32::from(matches!(targets, TargetView::Labels(_)));
     let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&func);
-    push_x!(b, x);
-    b.arg(&n_i);
-    b.arg(&rpb_i);
-    b.arg(w);
-    b.arg(&xscale);
+    let mut b = pass.args(&stream, x, w);
     match targets {
         TargetView::Labels(l) => {
             b.arg(l);
@@ -395,8 +415,8 @@ fn grad_typed<T: Real>(
     b.arg(&partial);
     // SAFETY: the arguments match fused_grad's signature; the shapes were
     // checked against the module's D and K.
-    unsafe { b.launch(pass_config(blocks)) }.w()?;
-    reduce(dev, &module, &partial, blocks, nout, op.scale)
+    unsafe { b.launch(pass.config()) }.w()?;
+    reduce(dev, &pass.module, &partial, pass.blocks, nout, op.scale)
 }
 
 /// Labels are not range-checked on the GPU (that would cost a copy back);
@@ -442,7 +462,7 @@ pub(crate) fn grad(
             } else {
                 TargetView::Dense(view(s2, l2, "targets")?)
             };
-            let out = grad_typed::<f32>(op, &dev, &x, n, d, &t, &view(s3, l3, "parameters")?)?;
+            let out = grad_typed::<f32>(op, &dev, (&x, n, d), &t, &view(s3, l3, "parameters")?)?;
             CudaStorage::wrap_cuda_slice(out, dev)
         }
         DType::F64 => {
@@ -451,7 +471,7 @@ pub(crate) fn grad(
             } else {
                 TargetView::Dense(view(s2, l2, "targets")?)
             };
-            let out = grad_typed::<f64>(op, &dev, &x, n, d, &t, &view(s3, l3, "parameters")?)?;
+            let out = grad_typed::<f64>(op, &dev, (&x, n, d), &t, &view(s3, l3, "parameters")?)?;
             CudaStorage::wrap_cuda_slice(out, dev)
         }
         other => {
@@ -466,33 +486,17 @@ pub(crate) fn grad(
 fn probs_typed<T: Real>(
     op: &SoftmaxProbsOp,
     dev: &CudaDevice,
-    x: &XView<'_>,
-    n: usize,
-    d: usize,
+    (x, n, d): (&XView<'_>, usize, usize),
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
-    let k = op.classes;
-    check_params(w.len(), d, k, op.bias, "the parameters")?;
-    let module = Module::new::<T>(x, d, k, op.bias);
-    let (rows_per_block, blocks) = partition::<T>(dev, n)?;
-    let out = dev.alloc_zeros::<T>(n * k)?;
-    let func = module.function(dev, "fused_probs")?;
-    let (n_i, rpb_i) = (n as i32, rows_per_block as i32);
-    let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
-        op.x_scale
-    } else {
-        1.0
-    });
+    let shape = (op.classes, op.bias, op.x_scale);
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, w.len(), "fused_probs")?;
+    let out = dev.alloc_zeros::<T>(n * op.classes)?;
     let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&func);
-    push_x!(b, x);
-    b.arg(&n_i);
-    b.arg(&rpb_i);
-    b.arg(w);
-    b.arg(&xscale);
+    let mut b = pass.args(&stream, x, w);
     b.arg(&out);
     // SAFETY: the arguments match fused_probs's signature; `out` holds n*K.
-    unsafe { b.launch(pass_config(blocks)) }.w()?;
+    unsafe { b.launch(pass.config()) }.w()?;
     Ok(out)
 }
 
@@ -508,11 +512,11 @@ pub(crate) fn probs(
     let k = op.classes;
     let slice = match s2.dtype() {
         DType::F32 => {
-            let out = probs_typed::<f32>(op, &dev, &x, n, d, &view(s2, l2, "parameters")?)?;
+            let out = probs_typed::<f32>(op, &dev, (&x, n, d), &view(s2, l2, "parameters")?)?;
             CudaStorage::wrap_cuda_slice(out, dev)
         }
         DType::F64 => {
-            let out = probs_typed::<f64>(op, &dev, &x, n, d, &view(s2, l2, "parameters")?)?;
+            let out = probs_typed::<f64>(op, &dev, (&x, n, d), &view(s2, l2, "parameters")?)?;
             CudaStorage::wrap_cuda_slice(out, dev)
         }
         other => {

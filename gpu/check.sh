@@ -18,7 +18,8 @@
 # Steps (each under `timeout`, a failure does not stop the others; the whole
 # run keeps within CHECK_BUDGET_S, default 400 s, so that it ends before the
 # device tool's limit):
-#   a. fused test fused_ops_on_cuda* (CUDA kernels vs the unfused candle path)
+#   a. fused test fused_ops_on_cuda* (CUDA kernels vs the unfused candle path),
+#      with the default block count, then with 1 and 3 blocks
 #   b. criterion cuda/softmax benches
 #   c. HESSFREE_CUDA_BLOCKS sweep of cuda/softmax/hvp/f32/n60000/fused-u8
 #   d. xtask compare --device cuda (Newton-CG, softmax+bias, l2 1e-4, f64)
@@ -274,9 +275,16 @@ main() {
   export CRITERION_HOME=$SCRATCH/criterion   # keep criterion's files out of $OUT
   log "HESSFREE_DATA=$HESSFREE_DATA"
 
-  # a. correctness of the CUDA kernels (~seconds)
+  # a. correctness of the CUDA kernels (~seconds each): with the default
+  #    block count every block gets one tile of the test's small batches, so
+  #    1 and 3 blocks also run the tile loop and uneven partitions.
   step "a. fused test fused_ops_on_cuda" 90 240 \
     "$BIN/fused" fused_ops_on_cuda --nocapture
+  local tb
+  for tb in 1 3; do
+    step "a. fused test fused_ops_on_cuda HESSFREE_CUDA_BLOCKS=$tb" 60 230 \
+      env HESSFREE_CUDA_BLOCKS="$tb" "$BIN/fused" fused_ops_on_cuda
+  done
 
   # b. all cuda/softmax benches (24, about 4 s each)
   step "b. bench cuda/softmax" 180 200 \

@@ -14,7 +14,9 @@
 //
 // Layout (as on the CPU): X is [n, D] row-major; the parameters / directions
 // are [D*K] weights, W[j, c] at j*K + c, then the optional bias [K]; the
-// probabilities are [n, K].
+// probabilities are [n, K]. The pass kernels also take `vt`, the weights
+// class-major (W[j, c] at c*D + j, made by fused_transpose), so that the
+// lanes of a warp read consecutive weights.
 //
 // One block owns a contiguous range of rows and walks it in tiles of TR rows:
 //   forward   each warp takes RW consecutive rows and computes their K dot
@@ -43,6 +45,12 @@
 // A block's partial: NP sums, then the loss.
 #define NOUT (NP + 1)
 
+static_assert(K < THREADS, "the block-level sums need fewer classes than threads");
+
+// Two blocks per multiprocessor for float (the grid is about 2 x SMs); double
+// needs more registers than that allows without spilling.
+#define MIN_BLOCKS (sizeof(T) == 4 ? 2 : 1)
+
 #define MODE_PROBS 0
 #define MODE_GRAD 1
 #define MODE_HVP 2
@@ -63,20 +71,22 @@ template <> struct Math<double> {
     static __device__ __forceinline__ double log(double v) { return ::log(v); }
 };
 
-// `theta`: parameters (GRAD, PROBS) or direction (HVP).
+// `theta`: parameters (GRAD, PROBS) or direction (HVP); `vt`: its weights
+// class-major.
 // `p`: probabilities [n, K] (HVP only).
 // `labels` [n] when has_labels, else `dense` [n, K] targets (GRAD only).
 // `probs_out` [n, K] (PROBS only); `partial` [gridDim.x, NOUT] (GRAD, HVP).
 template <int MODE>
 __device__ __forceinline__ void fused_pass(
     const XT* __restrict__ x, int n, int rows_per_block,
-    const T* __restrict__ theta, T xscale,
+    const T* __restrict__ theta, const T* __restrict__ vt, T xscale,
     const T* __restrict__ p,
     const unsigned int* __restrict__ labels, const T* __restrict__ dense, int has_labels,
     T* __restrict__ probs_out, T* __restrict__ partial)
 {
     __shared__ T rs[TR][K];
-    __shared__ T warp_sums[WARPS][K + 1];
+    __shared__ T warp_sums[WARPS][K];
+    __shared__ double warp_loss[WARPS];
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -92,7 +102,7 @@ __device__ __forceinline__ void fused_pass(
     T bsum[K];
 #pragma unroll
     for (int c = 0; c < K; ++c) bsum[c] = T(0);
-    T loss = T(0);
+    double loss = 0.0;  // in double, as on the CPU
 
     for (int t0 = r_begin; t0 < r_end; t0 += TR) {
         const int nt = min(TR, r_end - t0);
@@ -111,10 +121,9 @@ __device__ __forceinline__ void fused_pass(
 #pragma unroll
                 for (int a = 0; a < RW; ++a)
                     xv[a] = (i0 + a < nt) ? (T)xr[(size_t)a * D + j] : T(0);
-                const T* wj = theta + j * K;
 #pragma unroll
                 for (int c = 0; c < K; ++c) {
-                    const T wc = wj[c];
+                    const T wc = vt[c * D + j];
 #pragma unroll
                     for (int a = 0; a < RW; ++a) z[a][c] = fma(xv[a], wc, z[a][c]);
                 }
@@ -171,7 +180,7 @@ __device__ __forceinline__ void fused_pass(
 #pragma unroll
                     for (int c = 0; c < K; ++c) {
                         if ((unsigned int)c == y) {
-                            loss += lse - z[a][c];
+                            loss += (double)(lse - z[a][c]);
                             r[c] -= T(1);
                         }
                     }
@@ -179,7 +188,7 @@ __device__ __forceinline__ void fused_pass(
 #pragma unroll
                     for (int c = 0; c < K; ++c) {
                         const T yc = dense[(size_t)row * K + c];
-                        if (yc != T(0)) loss += yc * (lse - z[a][c]);
+                        if (yc != T(0)) loss += (double)(yc * (lse - z[a][c]));
                         r[c] -= yc;
                     }
                 }
@@ -231,41 +240,55 @@ __device__ __forceinline__ void fused_pass(
     if (lane == 0) {
 #pragma unroll
         for (int c = 0; c < K; ++c) warp_sums[warp][c] = bsum[c];
-        warp_sums[warp][K] = loss;
+        warp_loss[warp] = loss;
     }
     __syncthreads();
-    if (tid <= K) {
-        T s = T(0);
-        for (int w = 0; w < WARPS; ++w) s += warp_sums[w][tid];
-        if (tid == K) out[NP] = s;
-        else if (BIAS) out[NW + tid] = s;
+    if (tid < K && BIAS) {
+        T sum = T(0);
+        for (int w = 0; w < WARPS; ++w) sum += warp_sums[w][tid];
+        out[NW + tid] = sum;
+    }
+    if (tid == K) {
+        double sum = 0.0;
+        for (int w = 0; w < WARPS; ++w) sum += warp_loss[w];
+        out[NP] = (T)sum;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) fused_probs(
-    const XT* __restrict__ x, int n, int rows_per_block,
-    const T* __restrict__ theta, T xscale, T* __restrict__ probs_out)
+// vt[c*D + j] = theta[j*K + c]: the weights class-major.
+extern "C" __global__ void fused_transpose(const T* __restrict__ theta, T* __restrict__ vt)
 {
-    fused_pass<MODE_PROBS>(x, n, rows_per_block, theta, xscale, nullptr, nullptr, nullptr, 1,
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= NW) return;
+    const int c = i / D;
+    const int j = i - c * D;
+    vt[i] = theta[j * K + c];
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_probs(
+    const XT* __restrict__ x, int n, int rows_per_block,
+    const T* __restrict__ theta, const T* __restrict__ vt, T xscale, T* __restrict__ probs_out)
+{
+    fused_pass<MODE_PROBS>(x, n, rows_per_block, theta, vt, xscale, nullptr, nullptr, nullptr, 1,
                            probs_out, nullptr);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) fused_grad(
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_grad(
     const XT* __restrict__ x, int n, int rows_per_block,
-    const T* __restrict__ theta, T xscale,
+    const T* __restrict__ theta, const T* __restrict__ vt, T xscale,
     const unsigned int* __restrict__ labels, const T* __restrict__ dense, int has_labels,
     T* __restrict__ partial)
 {
-    fused_pass<MODE_GRAD>(x, n, rows_per_block, theta, xscale, nullptr, labels, dense,
+    fused_pass<MODE_GRAD>(x, n, rows_per_block, theta, vt, xscale, nullptr, labels, dense,
                           has_labels, nullptr, partial);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) fused_hvp(
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_hvp(
     const XT* __restrict__ x, int n, int rows_per_block,
-    const T* __restrict__ direction, T xscale, const T* __restrict__ p,
+    const T* __restrict__ direction, const T* __restrict__ vt, T xscale, const T* __restrict__ p,
     T* __restrict__ partial)
 {
-    fused_pass<MODE_HVP>(x, n, rows_per_block, direction, xscale, p, nullptr, nullptr, 1,
+    fused_pass<MODE_HVP>(x, n, rows_per_block, direction, vt, xscale, p, nullptr, nullptr, 1,
                          nullptr, partial);
 }
 
@@ -277,6 +300,7 @@ extern "C" __global__ void fused_reduce(
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len) return;
     double s = 0.0;
+#pragma unroll 8
     for (int b = 0; b < blocks; ++b) s += (double)partial[(size_t)b * NOUT + i];
     out[i] = (T)(s * scale);
 }

@@ -123,10 +123,10 @@ fn ptx_cache() -> &'static Mutex<HashMap<String, String>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// One specialisation of the kernels.
+/// One specialisation of the kernels: its `#define`s and module name.
 struct Module {
     name: String,
-    source: String,
+    defines: String,
 }
 
 impl Module {
@@ -138,38 +138,44 @@ impl Module {
                 "hessfree_fused_{}_{t}_d{d}_k{k}_b{b}_rw{rw}",
                 xt.replace(' ', "_")
             ),
-            source: format!(
+            defines: format!(
                 "#define XT {xt}\n#define T {t}\n#define D {d}\n#define K {k}\n\
-                 #define BIAS {b}\n#define RW {rw}\n{SOURCE}"
+                 #define BIAS {b}\n#define RW {rw}\n"
             ),
         }
     }
 
+    /// The kernel `name` of this module on `dev`; NVRTC compiles the module
+    /// the first time this process needs it.
     fn function(&self, dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
-        let ptx = {
-            let mut cache = ptx_cache()
-                .lock()
-                .map_err(|_| err("PTX cache poisoned".into()))?;
-            match cache.get(&self.name) {
-                Some(p) => p.clone(),
-                None => {
-                    let opts = nvrtc::CompileOptions {
-                        name: Some(format!("{}.cu", self.name)),
-                        ..Default::default()
-                    };
-                    let ptx = nvrtc::compile_ptx_with_opts(&self.source, opts).map_err(|e| {
-                        err(format!(
-                            "NVRTC could not compile the fused softmax kernels ({}): {e:?}",
-                            self.name
-                        ))
-                    })?;
-                    let src = ptx.to_src();
-                    cache.insert(self.name.clone(), src.clone());
-                    src
-                }
-            }
-        };
-        Ok((*dev.get_or_load_custom_func(name, &self.name, &ptx)?).clone())
+        let mut cache = ptx_cache()
+            .lock()
+            .map_err(|_| err("PTX cache poisoned".into()))?;
+        if !cache.contains_key(&self.name) {
+            let opts = nvrtc::CompileOptions {
+                name: Some(format!("{}.cu", self.name)),
+                ..Default::default()
+            };
+            let source = format!("{}{SOURCE}", self.defines);
+            let ptx = nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| {
+                err(format!(
+                    "NVRTC could not compile the fused softmax kernels ({}): {e:?}",
+                    self.name
+                ))
+            })?;
+            cache.insert(self.name.clone(), ptx.to_src());
+        }
+        let ptx = &cache[&self.name];
+        Ok((*dev.get_or_load_custom_func(name, &self.name, ptx)?).clone())
+    }
+}
+
+/// A launch of `blocks` blocks of 256 threads over `len` elements, one each.
+fn elementwise(len: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (len.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
     }
 }
 
@@ -197,6 +203,11 @@ fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<(usize,
 }
 
 fn check_params(dim: usize, d: usize, k: usize, bias: bool, what: &str) -> candle_core::Result<()> {
+    if k >= THREADS as usize {
+        return Err(err(format!(
+            "fused softmax: the CUDA kernels handle fewer than {THREADS} classes, got {k}"
+        )));
+    }
     let want = d * k + if bias { k } else { 0 };
     if dim != want {
         return Err(err(format!(
@@ -216,7 +227,8 @@ fn reduce<T: Real>(
     len: usize,
     scale: f64,
 ) -> candle_core::Result<CudaSlice<T>> {
-    let out = dev.alloc_zeros::<T>(len)?;
+    // SAFETY: fused_reduce writes all `len` values.
+    let mut out = unsafe { dev.alloc::<T>(len)? };
     let func = module.function(dev, "fused_reduce")?;
     let (blocks_i, len_i) = (blocks as i32, len as i32);
     let stream = dev.cuda_stream();
@@ -225,10 +237,10 @@ fn reduce<T: Real>(
     b.arg(&blocks_i);
     b.arg(&len_i);
     b.arg(&scale);
-    b.arg(&out);
+    b.arg(&mut out);
     // SAFETY: the arguments match fused_reduce's signature; `partial` holds
     // `blocks` rows of NOUT >= len values and `out` holds `len`.
-    unsafe { b.launch(LaunchConfig::for_num_elems(len as u32)) }.w()?;
+    unsafe { b.launch(elementwise(len)) }.w()?;
     Ok(out)
 }
 
@@ -237,6 +249,8 @@ fn reduce<T: Real>(
 struct Pass<T> {
     module: Module,
     func: CudaFunction,
+    /// The weights of `theta`, class-major (`fused_transpose`).
+    vt: CudaSlice<T>,
     blocks: usize,
     n: i32,
     rows_per_block: i32,
@@ -244,14 +258,15 @@ struct Pass<T> {
 }
 
 impl<T: Real> Pass<T> {
-    /// `op`: the op's classes, bias and `u8` scale; `params`: the length of
-    /// the parameters (or direction, for `fused_hvp`), checked against
-    /// `d x k (+ k)`; `kernel`: `fused_grad`, `fused_hvp` or `fused_probs`.
+    /// `op`: the op's classes, bias and `u8` scale; `theta`: the parameters
+    /// (or direction, for `fused_hvp`), checked against `d x k (+ k)`;
+    /// `kernel`: `fused_grad`, `fused_hvp` or `fused_probs`. Launches the
+    /// transpose of `theta`'s weights.
     fn new(
         dev: &CudaDevice,
         (x, n, d): (&XView<'_>, usize, usize),
         (k, bias, x_scale): (usize, bool, f64),
-        params: usize,
+        theta: &CudaView<'_, T>,
         kernel: &str,
     ) -> candle_core::Result<Self> {
         let what = if kernel == "fused_hvp" {
@@ -259,10 +274,20 @@ impl<T: Real> Pass<T> {
         } else {
             "the parameters"
         };
-        check_params(params, d, k, bias, what)?;
+        check_params(theta.len(), d, k, bias, what)?;
         let module = Module::new::<T>(x, d, k, bias);
         let (rows_per_block, blocks) = partition::<T>(dev, n)?;
         let func = module.function(dev, kernel)?;
+        // SAFETY: fused_transpose writes all d*k values.
+        let mut vt = unsafe { dev.alloc::<T>(d * k)? };
+        let transpose = module.function(dev, "fused_transpose")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&transpose);
+        b.arg(theta);
+        b.arg(&mut vt);
+        // SAFETY: the arguments match fused_transpose's signature; `theta`
+        // holds at least d*k values (checked above) and `vt` d*k.
+        unsafe { b.launch(elementwise(d * k)) }.w()?;
         // u8 pixels mean `byte * x_scale`; float inputs are used as they are.
         let xscale = T::from_f64(if matches!(x, XView::U8(_)) {
             x_scale
@@ -272,6 +297,7 @@ impl<T: Real> Pass<T> {
         Ok(Self {
             module,
             func,
+            vt,
             blocks,
             n: n as i32,
             rows_per_block: rows_per_block as i32,
@@ -279,7 +305,7 @@ impl<T: Real> Pass<T> {
         })
     }
 
-    /// The launch with `x, n, rows_per_block, theta, xscale` pushed; the
+    /// The launch with `x, n, rows_per_block, theta, vt, xscale` pushed; the
     /// caller pushes the kernel's remaining arguments.
     fn args<'a>(
         &'a self,
@@ -296,6 +322,7 @@ impl<T: Real> Pass<T> {
         b.arg(&self.n);
         b.arg(&self.rows_per_block);
         b.arg(theta);
+        b.arg(&self.vt);
         b.arg(&self.xscale);
         b
     }
@@ -317,12 +344,13 @@ fn hvp_typed<T: Real>(
     v: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, v.len(), "fused_hvp")?;
-    let partial = dev.alloc_zeros::<T>(pass.blocks * (v.len() + 1))?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, v, "fused_hvp")?;
+    // SAFETY: every block writes its whole slot.
+    let mut partial = unsafe { dev.alloc::<T>(pass.blocks * (v.len() + 1))? };
     let stream = dev.cuda_stream();
     let mut b = pass.args(&stream, x, v);
     b.arg(p);
-    b.arg(&partial);
+    b.arg(&mut partial);
     // SAFETY: the arguments match fused_hvp's signature; the shapes were
     // checked against the module's D and K.
     unsafe { b.launch(pass.config()) }.w()?;
@@ -392,27 +420,28 @@ fn grad_typed<T: Real>(
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, w.len(), "fused_grad")?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, w, "fused_grad")?;
     let nout = w.len() + 1;
-    let partial = dev.alloc_zeros::<T>(pass.blocks * nout)?;
-    // The kernel takes both target pointers; the unused one gets a dummy.
-    let dummy_labels = dev.alloc_zeros::<u32>(1)?;
-    let dummy_dense = dev.alloc_zeros::<T>(1)?;
+    // SAFETY: every block writes its whole slot.
+    let mut partial = unsafe { dev.alloc::<T>(pass.blocks * nout)? };
+    // The kernel takes both target pointers and reads only the one
+    // `has_labels` selects; the other is null.
+    let null: u64 = 0;
     let has_labels = i32::from(matches!(targets, TargetView::Labels(_)));
     let stream = dev.cuda_stream();
     let mut b = pass.args(&stream, x, w);
     match targets {
         TargetView::Labels(l) => {
             b.arg(l);
-            b.arg(&dummy_dense);
+            b.arg(&null);
         }
         TargetView::Dense(y) => {
-            b.arg(&dummy_labels);
+            b.arg(&null);
             b.arg(y);
         }
     }
     b.arg(&has_labels);
-    b.arg(&partial);
+    b.arg(&mut partial);
     // SAFETY: the arguments match fused_grad's signature; the shapes were
     // checked against the module's D and K.
     unsafe { b.launch(pass.config()) }.w()?;
@@ -490,11 +519,12 @@ fn probs_typed<T: Real>(
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, w.len(), "fused_probs")?;
-    let out = dev.alloc_zeros::<T>(n * op.classes)?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, w, "fused_probs")?;
+    // SAFETY: fused_probs writes all n*K probabilities.
+    let mut out = unsafe { dev.alloc::<T>(n * op.classes)? };
     let stream = dev.cuda_stream();
     let mut b = pass.args(&stream, x, w);
-    b.arg(&out);
+    b.arg(&mut out);
     // SAFETY: the arguments match fused_probs's signature; `out` holds n*K.
     unsafe { b.launch(pass.config()) }.w()?;
     Ok(out)

@@ -10,8 +10,9 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Checks per case: 3 partitions x (probabilities, 2 gradients, HVP).
-const CHECKS: usize = 12;
+/// Checks per case: the class-major weights, then 3 partitions x
+/// (probabilities, 2 gradients, HVP).
+const CHECKS: usize = 13;
 
 fn run_case(name: &str, defines: &[&str]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -101,5 +102,16 @@ fn f64_inputs_ragged_shape() {
     run_case(
         "f64_f64",
         &["XT=double", "T=double", "D=257", "K=13", "BIAS=1", "RW=2"],
+    );
+}
+
+/// Rows shorter than a warp, and fewer rows than one tile.
+#[test]
+fn tiny_rows_and_batch() {
+    run_case(
+        "tiny",
+        &[
+            "XT=float", "T=float", "D=20", "K=4", "BIAS=1", "RW=4", "ROWS=7",
+        ],
     );
 }

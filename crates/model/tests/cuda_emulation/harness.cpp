@@ -1,5 +1,6 @@
 // Runs the CUDA kernels of fused_cuda.cu under emu.hpp for one shape (the
-// -D flags: XT, T, D, K, BIAS, optionally RW) and compares them with a naive
+// -D flags: XT, T, D, K, BIAS, optionally RW and ROWS, the row count, default
+// 100) and compares them with a naive
 // double-precision evaluation of the same formulas. Exits non-zero if any
 // result is off by more than the compute type's tolerance.
 #include "emu.hpp"
@@ -41,14 +42,17 @@ void compare(const char* what, const std::vector<T>& got, const std::vector<doub
 }  // namespace
 
 int main() {
-    const int n = 100;
+#ifndef ROWS
+#define ROWS 100
+#endif
+    const int n = ROWS;
     const double xscale = kU8 ? 1.0 / 255.0 : 1.0;
     Rng rng{42};
     std::vector<XT> x(n * D);
     std::vector<double> xd(n * D);  // the value X stands for
     for (int i = 0; i < n * D; ++i) {
         const int byte = rng.uniform() < 0.3 ? 0 : (int)(rng.uniform() * 256);
-        x[i] = kU8 ? (XT)byte : (XT)(byte * xscale - 0.25);
+        x[i] = kU8 ? (XT)byte : (XT)(byte / 255.0 - 0.25);
         xd[i] = kU8 ? byte * xscale : (double)x[i];
     }
     std::vector<T> theta(NP), dir(NP);
@@ -65,6 +69,19 @@ int main() {
         if (s == 0) dense[i * K] = (T)1;
     }
     const double inv_n = 1.0 / n;
+
+    // The weights class-major, as the pass kernels read them.
+    auto transpose = [&](const std::vector<T>& th) {
+        std::vector<T> vt(NW, (T)-999);
+        emu::launch((NW + 63) / 64, 64, [&] { fused_transpose(th.data(), vt.data()); });
+        return vt;
+    };
+    const std::vector<T> vt = transpose(theta), vt_dir = transpose(dir);
+    bool transposed = true;
+    for (int j = 0; j < D; ++j)
+        for (int c = 0; c < K; ++c) transposed &= vt[c * D + j] == theta[j * K + c];
+    std::printf("%-34s %s\n", "class-major weights", transposed ? "ok" : "FAIL");
+    if (!transposed) ++failures;
 
     // Naive reference: Z, P, and the three products.
     auto logits = [&](const std::vector<T>& th) {
@@ -108,15 +125,17 @@ int main() {
         // Probabilities.
         std::vector<T> probs(n * K, (T)-1);
         emu::launch(blocks, THREADS, [&] {
-            fused_probs(x.data(), n, rows_per_block, theta.data(), (T)xscale, probs.data());
+            fused_probs(x.data(), n, rows_per_block, theta.data(), vt.data(), (T)xscale,
+                        probs.data());
         });
         compare(("probabilities" + tag).c_str(), probs, p);
 
         // Gradient and loss, with labels and with dense targets.
         for (int has_labels : {1, 0}) {
             emu::launch(blocks, THREADS, [&] {
-                fused_grad(x.data(), n, rows_per_block, theta.data(), (T)xscale, labels.data(),
-                           dense.data(), has_labels, partial.data());
+                fused_grad(x.data(), n, rows_per_block, theta.data(), vt.data(), (T)xscale,
+                           has_labels ? labels.data() : nullptr,
+                           has_labels ? nullptr : dense.data(), has_labels, partial.data());
             });
             std::vector<T> out(NOUT);
             emu::launch((NOUT + 63) / 64, 64, [&] {
@@ -141,7 +160,8 @@ int main() {
         std::vector<T> pt(n * K);
         for (int i = 0; i < n * K; ++i) pt[i] = (T)p[i];
         emu::launch(blocks, THREADS, [&] {
-            fused_hvp(x.data(), n, rows_per_block, dir.data(), (T)xscale, pt.data(), partial.data());
+            fused_hvp(x.data(), n, rows_per_block, dir.data(), vt_dir.data(), (T)xscale, pt.data(),
+                      partial.data());
         });
         std::vector<T> out(NP);
         emu::launch((NP + 63) / 64, 64, [&] { fused_reduce(partial.data(), blocks, NP, inv_n, out.data()); });

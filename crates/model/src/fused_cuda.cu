@@ -18,7 +18,8 @@
 // class-major (W[j, c] at c*D + j, made by fused_transpose), so that the
 // lanes of a warp read consecutive weights.
 //
-// One block owns a contiguous range of rows and walks it in tiles of TR rows:
+// One block owns a contiguous range of whole tiles of TR rows (the tiles are
+// spread evenly over the grid) and walks them:
 //   forward   each warp takes RW consecutive rows and computes their K dot
 //             products with the parameters (lanes stride over the pixels, then
 //             a warp shuffle sum); the row's softmax work is done by every lane
@@ -78,7 +79,7 @@ template <> struct Math<double> {
 // `probs_out` [n, K] (PROBS only); `partial` [gridDim.x, NOUT] (GRAD, HVP).
 template <int MODE>
 __device__ __forceinline__ void fused_pass(
-    const XT* __restrict__ x, int n, int rows_per_block,
+    const XT* __restrict__ x, int n,
     const T* __restrict__ theta, const T* __restrict__ vt, T xscale,
     const T* __restrict__ p,
     const unsigned int* __restrict__ labels, const T* __restrict__ dense, int has_labels,
@@ -91,8 +92,16 @@ __device__ __forceinline__ void fused_pass(
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int r_begin = blockIdx.x * rows_per_block;
-    const int r_end = min(n, r_begin + rows_per_block);
+    // Whole tiles, spread evenly: the first `extra` blocks own one more (a
+    // block may own none when there are more blocks than tiles; it then
+    // writes zeros). 32-bit arithmetic throughout.
+    const int tiles = (n + TR - 1) / TR;
+    const int grid = (int)gridDim.x;
+    const int b = (int)blockIdx.x;
+    const int base = tiles / grid, extra = tiles % grid;
+    const int t_begin = b * base + min(b, extra);
+    const int r_begin = t_begin * TR;
+    const int r_end = min(n, (t_begin + base + (b < extra ? 1 : 0)) * TR);
 
     T acc[PJ][K];
 #pragma unroll
@@ -266,29 +275,29 @@ extern "C" __global__ void fused_transpose(const T* __restrict__ theta, T* __res
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_probs(
-    const XT* __restrict__ x, int n, int rows_per_block,
+    const XT* __restrict__ x, int n,
     const T* __restrict__ theta, const T* __restrict__ vt, T xscale, T* __restrict__ probs_out)
 {
-    fused_pass<MODE_PROBS>(x, n, rows_per_block, theta, vt, xscale, nullptr, nullptr, nullptr, 1,
+    fused_pass<MODE_PROBS>(x, n, theta, vt, xscale, nullptr, nullptr, nullptr, 1,
                            probs_out, nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_grad(
-    const XT* __restrict__ x, int n, int rows_per_block,
+    const XT* __restrict__ x, int n,
     const T* __restrict__ theta, const T* __restrict__ vt, T xscale,
     const unsigned int* __restrict__ labels, const T* __restrict__ dense, int has_labels,
     T* __restrict__ partial)
 {
-    fused_pass<MODE_GRAD>(x, n, rows_per_block, theta, vt, xscale, nullptr, labels, dense,
+    fused_pass<MODE_GRAD>(x, n, theta, vt, xscale, nullptr, labels, dense,
                           has_labels, nullptr, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_hvp(
-    const XT* __restrict__ x, int n, int rows_per_block,
+    const XT* __restrict__ x, int n,
     const T* __restrict__ direction, const T* __restrict__ vt, T xscale, const T* __restrict__ p,
     T* __restrict__ partial)
 {
-    fused_pass<MODE_HVP>(x, n, rows_per_block, direction, vt, xscale, p, nullptr, nullptr, 1,
+    fused_pass<MODE_HVP>(x, n, direction, vt, xscale, p, nullptr, nullptr, 1,
                          nullptr, partial);
 }
 

@@ -179,9 +179,9 @@ fn elementwise(len: usize) -> LaunchConfig {
     }
 }
 
-/// Rows per block and the block count: about `2 x SMs` blocks (or
-/// `HESSFREE_CUDA_BLOCKS`), each a whole number of tiles.
-fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<(usize, usize)> {
+/// The block count: `2 x SMs` (or `HESSFREE_CUDA_BLOCKS`), at most one per
+/// tile of rows. The kernels spread the tiles evenly over the blocks.
+fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<usize> {
     let target = match std::env::var("HESSFREE_CUDA_BLOCKS") {
         Ok(v) => v.parse::<usize>().ok().filter(|&b| b > 0).ok_or_else(|| {
             err(format!(
@@ -197,9 +197,8 @@ fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<(usize,
             2 * sms.max(1) as usize
         }
     };
-    let tile = WARPS * T::ROWS_PER_WARP;
-    let rows_per_block = n.div_ceil(target).max(1).div_ceil(tile) * tile;
-    Ok((rows_per_block, n.div_ceil(rows_per_block).max(1)))
+    let tiles = n.div_ceil(WARPS * T::ROWS_PER_WARP);
+    Ok(target.min(tiles).max(1))
 }
 
 fn check_params(dim: usize, d: usize, k: usize, bias: bool, what: &str) -> candle_core::Result<()> {
@@ -253,7 +252,6 @@ struct Pass<T> {
     vt: CudaSlice<T>,
     blocks: usize,
     n: i32,
-    rows_per_block: i32,
     xscale: T,
 }
 
@@ -276,7 +274,7 @@ impl<T: Real> Pass<T> {
         };
         check_params(theta.len(), d, k, bias, what)?;
         let module = Module::new::<T>(x, d, k, bias);
-        let (rows_per_block, blocks) = partition::<T>(dev, n)?;
+        let blocks = partition::<T>(dev, n)?;
         let func = module.function(dev, kernel)?;
         // SAFETY: fused_transpose writes all d*k values.
         let mut vt = unsafe { dev.alloc::<T>(d * k)? };
@@ -300,12 +298,11 @@ impl<T: Real> Pass<T> {
             vt,
             blocks,
             n: n as i32,
-            rows_per_block: rows_per_block as i32,
             xscale,
         })
     }
 
-    /// The launch with `x, n, rows_per_block, theta, vt, xscale` pushed; the
+    /// The launch with `x, n, theta, vt, xscale` pushed; the
     /// caller pushes the kernel's remaining arguments.
     fn args<'a>(
         &'a self,
@@ -320,7 +317,6 @@ impl<T: Real> Pass<T> {
             XView::F64(v) => b.arg(v),
         };
         b.arg(&self.n);
-        b.arg(&self.rows_per_block);
         b.arg(theta);
         b.arg(&self.vt);
         b.arg(&self.xscale);

@@ -117,15 +117,17 @@ int main() {
     };
 
     // Each partition: rows per block (a multiple of TR) and the block count.
-    for (int rows_per_block : {TR, 2 * TR, 8 * TR}) {
-        const int blocks = (n + rows_per_block - 1) / rows_per_block;
+    // Block counts: one tile each, three blocks (uneven, or some empty when
+    // there are fewer tiles), one block for everything.
+    const int tiles = (n + TR - 1) / TR;
+    for (int blocks : {tiles, 3, 1}) {
         const std::string tag = " (" + std::to_string(blocks) + " blocks)";
         std::vector<T> partial((size_t)blocks * NOUT, (T)-999);
 
         // Probabilities.
         std::vector<T> probs(n * K, (T)-1);
         emu::launch(blocks, THREADS, [&] {
-            fused_probs(x.data(), n, rows_per_block, theta.data(), vt.data(), (T)xscale,
+            fused_probs(x.data(), n, theta.data(), vt.data(), (T)xscale,
                         probs.data());
         });
         compare(("probabilities" + tag).c_str(), probs, p);
@@ -133,7 +135,7 @@ int main() {
         // Gradient and loss, with labels and with dense targets.
         for (int has_labels : {1, 0}) {
             emu::launch(blocks, THREADS, [&] {
-                fused_grad(x.data(), n, rows_per_block, theta.data(), vt.data(), (T)xscale,
+                fused_grad(x.data(), n, theta.data(), vt.data(), (T)xscale,
                            has_labels ? labels.data() : nullptr,
                            has_labels ? nullptr : dense.data(), has_labels, partial.data());
             });
@@ -160,7 +162,7 @@ int main() {
         std::vector<T> pt(n * K);
         for (int i = 0; i < n * K; ++i) pt[i] = (T)p[i];
         emu::launch(blocks, THREADS, [&] {
-            fused_hvp(x.data(), n, rows_per_block, dir.data(), vt_dir.data(), (T)xscale, pt.data(),
+            fused_hvp(x.data(), n, dir.data(), vt_dir.data(), (T)xscale, pt.data(),
                       partial.data());
         });
         std::vector<T> out(NP);

@@ -940,6 +940,24 @@ fn op_slice<'a, T: candle_core::WithDType>(
     Ok(&v[a..b])
 }
 
+/// `len` must be `d x k` weights, plus `k` biases with `bias`; `what` names
+/// the vector in the error (the CPU and CUDA ops share this check).
+pub(crate) fn check_theta_len(
+    len: usize,
+    d: usize,
+    k: usize,
+    bias: bool,
+    what: &str,
+) -> candle_core::Result<()> {
+    if len != d * k + if bias { k } else { 0 } {
+        candle_core::bail!(
+            "fused softmax: {what} hold {len} values, expected {d}x{k}{}",
+            if bias { " + bias" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 fn op_err(e: ModelError) -> candle_core::Error {
     match e {
         ModelError::Candle(e) => e,
@@ -961,14 +979,7 @@ fn op_run<T: Real>(
     p_out: Option<&mut [T]>,
 ) -> candle_core::Result<kernel::Partial> {
     let k = classes;
-    let dim = d * k + if bias { k } else { 0 };
-    if theta.len() != dim {
-        candle_core::bail!(
-            "fused softmax: parameters hold {} values, expected {d}x{k}{}",
-            theta.len(),
-            if bias { " + bias" } else { "" }
-        );
-    }
+    check_theta_len(theta.len(), d, k, bias, "parameters")?;
     let kp = k.div_ceil(KG) * KG;
     let mut vt = vec![T::ZERO; kp * d];
     for j in 0..d {

@@ -10,9 +10,10 @@
 //! register tiles stay in registers. It also means this crate needs no build
 //! script: candle's `cuda` feature already links NVRTC.
 //!
-//! Each product is two launches: one pass over `X` in which every block
-//! writes its unscaled partial sums, then a reduction that adds them in
-//! block order in `f64` and scales by `1/n`. No atomics, so results are
+//! Each product is three launches: a transpose of the weights to class-major
+//! order, one pass over `X` in which every block writes its unscaled partial
+//! sums, then a reduction that adds them in block order in `f64` and scales
+//! by `1/n` (the probabilities need only the first two). No atomics, so results are
 //! bit-identical between runs on one GPU. The number of blocks is twice the
 //! number of multiprocessors, or `HESSFREE_CUDA_BLOCKS` (for benchmarks).
 //!
@@ -27,12 +28,12 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
-use crate::fused::{SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp};
+use crate::fused::{SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp, check_theta_len};
 
 const SOURCE: &str = include_str!("fused_cuda.cu");
 /// Threads per block of the pass kernels (`THREADS` in the source).
@@ -40,7 +41,7 @@ const THREADS: u32 = 256;
 const WARPS: usize = THREADS as usize / 32;
 
 /// A compute type of the kernels: `f32` or `f64`.
-trait Real: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType + Copy {
+trait Real: DeviceRepr + candle_core::cuda_backend::CudaDType + Copy {
     const C_NAME: &'static str;
     /// Rows per warp in the forward half (`RW`): `f64` tiles are twice as
     /// wide in registers, so they take half as many rows.
@@ -201,22 +202,6 @@ fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<usize> 
     Ok(target.min(tiles).max(1))
 }
 
-fn check_params(dim: usize, d: usize, k: usize, bias: bool, what: &str) -> candle_core::Result<()> {
-    if k >= THREADS as usize {
-        return Err(err(format!(
-            "fused softmax: the CUDA kernels handle fewer than {THREADS} classes, got {k}"
-        )));
-    }
-    let want = d * k + if bias { k } else { 0 };
-    if dim != want {
-        return Err(err(format!(
-            "fused softmax: {what} hold {dim} values, expected {d}x{k}{}",
-            if bias { " + bias" } else { "" }
-        )));
-    }
-    Ok(())
-}
-
 /// Adds the blocks' partials: `out[i] = scale · Σ_b partial[b, i]`, `i < len`.
 fn reduce<T: Real>(
     dev: &CudaDevice,
@@ -272,7 +257,12 @@ impl<T: Real> Pass<T> {
         } else {
             "the parameters"
         };
-        check_params(theta.len(), d, k, bias, what)?;
+        if k >= THREADS as usize {
+            return Err(err(format!(
+                "fused softmax: the CUDA kernels handle fewer than {THREADS} classes, got {k}"
+            )));
+        }
+        check_theta_len(theta.len(), d, k, bias, what)?;
         let module = Module::new::<T>(x, d, k, bias);
         let blocks = partition::<T>(dev, n)?;
         let func = module.function(dev, kernel)?;

@@ -9,9 +9,9 @@
 //! kernel on the CPU. Nothing but the loss (one scalar per gradient) leaves
 //! the device.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::fused::{
     FusedProducts, SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp, Targets, XStorage, batch_bytes,
     batch_targets,
@@ -37,9 +37,6 @@ impl FusedOps {
     pub fn from_batches(batches: &Batches, storage: XStorage) -> Result<Self> {
         let device = batches.device();
         let (rows, inputs, classes) = (batches.rows(), batches.inputs(), batches.classes());
-        if rows == 0 {
-            return Err(ModelError::Batch("the batch is empty".into()));
-        }
         let (x, x_scale) = match batch_bytes(batches, storage)? {
             Some(bytes) => (
                 Tensor::from_vec(bytes, (rows, inputs), device)?,
@@ -63,24 +60,6 @@ impl FusedOps {
             classes,
             rows,
         })
-    }
-
-    pub fn device(&self) -> &Device {
-        self.x.device()
-    }
-
-    /// `"u8"`, `"f32"` or `"f64"`: how `X` is stored.
-    pub fn storage_name(&self) -> &'static str {
-        match self.x.dtype() {
-            DType::U8 => "u8",
-            DType::F32 => "f32",
-            _ => "f64",
-        }
-    }
-
-    /// Bytes of `X` one pass reads.
-    pub fn x_bytes(&self) -> usize {
-        self.x.elem_count() * self.x.dtype().size_in_bytes()
     }
 
     fn grad_op(&self, bias: bool) -> SoftmaxGradOp {

@@ -32,7 +32,7 @@ use crate::provenance;
 pub struct CompareArgs {
     /// Comma-separated optimisers: sgd, newton-cg, trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2, laplace,
-    /// seed, lr (SGD) or damping (Newton-CG) for that run.
+    /// seed, curvature_dtype, lr (SGD) or damping (Newton-CG) for that run.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
     /// softmax, softmax-nobias, or mlp:W1[,W2...]
@@ -76,6 +76,20 @@ pub struct CompareArgs {
     /// f32 or f64.
     #[arg(long, default_value = "f64")]
     pub dtype: String,
+    /// The dtype of the curvature products inside CG (default: --dtype);
+    /// f32 with --dtype f64 is mixed precision.
+    #[arg(long, value_name = "DTYPE")]
+    pub curvature_dtype: Option<String>,
+    /// Softmax kernel: auto, fused, candle (HESSFREE_FUSED=0 means candle).
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
+    /// How the fused kernel stores X: auto, u8, float.
+    #[arg(long, default_value = "auto")]
+    pub x_storage: String,
+    /// The fused CPU kernel's instruction set: auto or a lower level
+    /// (HESSFREE_SIMD sets it when this is auto).
+    #[arg(long, default_value = "auto")]
+    pub simd: String,
     /// cpu or cuda (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -107,9 +121,10 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub sgd_eval_every: u64,
 
-    /// Newton-CG's initial Tikhonov damping λ.
-    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true)]
-    pub damping: f64,
+    /// Newton-CG's initial Tikhonov damping λ (default: 1e-4 for softmax
+    /// models, which are convex, 1e-2 otherwise).
+    #[arg(long, allow_negative_numbers = true)]
+    pub damping: Option<f64>,
     /// CG iteration cap per Newton-CG outer iteration.
     #[arg(long, default_value_t = 250)]
     pub cg_max_iters: usize,
@@ -178,7 +193,23 @@ struct Planned {
     trace_every: u64,
 }
 
+/// The kernel flags, with the variables older scripts set mapped onto the
+/// ones left at `auto`: the library itself never reads the environment.
+fn kernel_flags(args: &CompareArgs) -> (String, String) {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let kernel = match (args.kernel.as_str(), env("HESSFREE_FUSED").as_deref()) {
+        ("auto", Some("0")) => "candle".to_string(),
+        (k, _) => k.to_string(),
+    };
+    let simd = match (args.simd.as_str(), env("HESSFREE_SIMD")) {
+        ("auto", Some(level)) => level,
+        (s, _) => s.to_string(),
+    };
+    (kernel, simd)
+}
+
 fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
+    let (kernel, simd) = kernel_flags(args);
     let base = ProblemSpec {
         model: args.model.clone(),
         activation: args.activation.clone(),
@@ -189,6 +220,10 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
         hessian_fraction: args.hessian_fraction,
         seed: args.seed,
         dtype: args.dtype.clone(),
+        curvature_dtype: args.curvature_dtype.clone(),
+        kernel,
+        x_storage: args.x_storage.clone(),
+        simd,
     };
     for (flag, value) in [
         ("--max-time", args.max_time),
@@ -218,14 +253,19 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
             momentum: args.sgd_momentum,
             seed: args.seed,
         };
+        let defaults = if spec.model.starts_with("softmax") {
+            NewtonCgConfig::convex()
+        } else {
+            NewtonCgConfig::default()
+        };
         let mut newton = NewtonCgConfig {
-            initial_damping: args.damping,
+            initial_damping: args.damping.unwrap_or(defaults.initial_damping),
             cg_max_iters: args.cg_max_iters,
             cg_rel_tol: args.cg_tol,
             preconditioner: args.preconditioner,
             warm_start_decay: (!args.no_warm_start).then_some(0.95),
             cg_backtracking: !args.no_cg_backtracking,
-            ..Default::default()
+            ..defaults
         };
         for kv in overrides.split(';').filter(|s| !s.is_empty()) {
             let (key, value) = kv
@@ -246,10 +286,11 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
                         .with_context(|| format!("override `{kv}`: expected an integer"))?;
                     sgd.seed = spec.seed;
                 }
+                "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
                 "lr" => sgd.learning_rate = num()?,
                 "damping" => newton.initial_damping = num()?,
                 other => bail!(
-                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, lr, damping"
+                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, curvature_dtype, lr, damping"
                 ),
             }
         }
@@ -328,6 +369,18 @@ fn device(name: &str) -> Result<Device> {
             }
         }
         other => bail!("unknown device `{other}`; expected one of: cpu, cuda"),
+    }
+}
+
+/// The kernels a run used: one name, or the gradient's and the curvature's
+/// when they differ (mixed precision).
+fn kernel_name(experiment: &Experiment) -> String {
+    let main = experiment.objective.kernel_name();
+    let curvature = experiment.curvature_objective.kernel_name();
+    if main == curvature {
+        main
+    } else {
+        format!("{main}; curvature {curvature}")
     }
 }
 
@@ -538,6 +591,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             extras: out.extras.clone(),
             weights_image: Some(weights_image),
             weights_file: Some(weights_file),
+            kernel: Some(kernel_name(&experiment)),
         });
         tracing::info!(run = %p.label, stop = %out.stop, seconds = out.solver_seconds, "finished");
         traces.push((p.label.clone(), out.trace));

@@ -116,6 +116,30 @@ fn every_bad_input_is_refused_clearly() {
             nothing_written: true,
         },
         Case {
+            input: "`--curvature-dtype f16`",
+            args: compare(&["--curvature-dtype", "f16"], &good),
+            expect: "unsupported curvature dtype `f16`; expected one of: f32, f64",
+            nothing_written: true,
+        },
+        Case {
+            input: "`--kernel blas`",
+            args: compare(&["--kernel", "blas"], &good),
+            expect: "expected one of: auto, fused, candle",
+            nothing_written: true,
+        },
+        Case {
+            input: "`--x-storage csr8`",
+            args: compare(&["--x-storage", "csr8"], &good),
+            expect: "expected one of: auto, u8, float",
+            nothing_written: true,
+        },
+        Case {
+            input: "`--simd sse9`",
+            args: compare(&["--simd", "sse9"], &good),
+            expect: "unknown instruction set `sse9`",
+            nothing_written: true,
+        },
+        Case {
             input: "`--l2 -0.1`",
             args: compare(&["--l2", "-0.1"], &good),
             expect: "--l2 must be finite and >= 0",

@@ -101,6 +101,20 @@ impl std::fmt::Display for SimdLevel {
     }
 }
 
+impl std::str::FromStr for SimdLevel {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "scalar" => Ok(Self::Scalar),
+            "avx2" => Ok(Self::Avx2),
+            "avx512" => Ok(Self::Avx512),
+            other => Err(ModelError::Spec(format!(
+                "unknown instruction set `{other}`; expected one of: scalar, avx2, avx512"
+            ))),
+        }
+    }
+}
+
 /// The instruction set chosen for this process: the best the CPU has,
 /// lowered by `HESSFREE_SIMD=scalar|avx2` if set.
 pub fn simd_level() -> SimdLevel {
@@ -188,15 +202,35 @@ impl XData {
 }
 
 /// How [`FusedSoftmax::from_batches`] stores the inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XStorage {
     /// `u8` when every input is exactly `k/255` in the batch's dtype (MNIST
     /// is), otherwise the batch's chunk tensors read in place.
+    #[default]
     Auto,
     /// `u8`; an error if some input is not exactly `k/255`.
     U8,
     /// The batch's chunk tensors, read in place (no copy).
     Float,
+}
+
+impl XStorage {
+    pub const CHOICES: &'static str = "auto, u8, float";
+}
+
+impl std::str::FromStr for XStorage {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "u8" => Ok(Self::U8),
+            "float" => Ok(Self::Float),
+            other => Err(ModelError::Spec(format!(
+                "unknown input storage `{other}`; expected one of: {}",
+                Self::CHOICES
+            ))),
+        }
+    }
 }
 
 /// Training targets.
@@ -720,6 +754,8 @@ pub trait FusedProducts: Send + Sync {
     fn probabilities_flat(&self, theta: &Tensor, bias: bool) -> Result<Tensor>;
     /// The Hessian product at the point whose probabilities are `p`.
     fn hvp_flat(&self, p: &Tensor, v: &Tensor, bias: bool) -> Result<Tensor>;
+    /// What runs, for the record: e.g. `fused cpu, X as u8, avx512`.
+    fn describe(&self) -> String;
 }
 
 impl FusedProducts for FusedSoftmax {
@@ -734,6 +770,9 @@ impl FusedProducts for FusedSoftmax {
     }
     fn hvp_flat(&self, p: &Tensor, v: &Tensor, bias: bool) -> Result<Tensor> {
         FusedSoftmax::hvp_flat(self, p, v, bias)
+    }
+    fn describe(&self) -> String {
+        format!("fused cpu, X as {}, {}", self.storage_name(), self.level)
     }
 }
 

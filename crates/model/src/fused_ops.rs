@@ -110,4 +110,13 @@ impl FusedProducts for FusedOps {
             .x
             .apply_op3_no_bwd(&p.contiguous()?, &v.contiguous()?, &op)?)
     }
+
+    fn describe(&self) -> String {
+        let place = if self.x.device().is_cuda() {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        format!("fused ops {place}, X as {}", self.x.dtype().as_str())
+    }
 }

@@ -10,6 +10,7 @@
 //! - [`LinOp`]: the curvature as an operator that counts its own products.
 
 pub mod autodiff;
+pub mod cast;
 pub mod dense;
 pub mod error;
 pub mod fused;
@@ -28,6 +29,7 @@ pub mod weights;
 use std::sync::Arc;
 
 pub use autodiff::{AutodiffObjective, LogitsFn};
+pub use cast::CastObjective;
 pub use error::{ModelError, Result};
 pub use linop::{Counter, Damped, LinOp, Sum};
 pub use mlp::MlpObjective;
@@ -35,20 +37,34 @@ pub use model::{Activation, Init, Model, ModelSpec};
 pub use objective::{Batches, CurvatureKind, Objective};
 pub use params::{ParamKind, ParamLayout, ParamSpec};
 pub use regularizer::{Penalty, Regularizer};
-pub use softmax::{SoftmaxKernel, SoftmaxObjective};
+pub use softmax::{KernelChoice, KernelOptions, SoftmaxKernel, SoftmaxObjective};
 pub use weights::{WEIGHTS_FILE, WeightsError, load_weights, load_weights_stored, save_weights};
 
 /// Builds the objective that fits `model`: closed forms for softmax
-/// regression, the R-operator for MLPs.
+/// regression, the R-operator for MLPs; default kernels.
 pub fn objective_for(
     model: &Model,
     data: Batches,
     penalties: Vec<Penalty>,
 ) -> Result<Arc<dyn Objective>> {
+    objective_with(model, data, penalties, &KernelOptions::default())
+}
+
+/// [`objective_for`] with the softmax kernels chosen by `kernels` (MLPs run
+/// on candle's ops whatever `kernels` says).
+pub fn objective_with(
+    model: &Model,
+    data: Batches,
+    penalties: Vec<Penalty>,
+    kernels: &KernelOptions,
+) -> Result<Arc<dyn Objective>> {
     Ok(match model.spec() {
-        ModelSpec::Softmax { .. } => {
-            Arc::new(SoftmaxObjective::new(model.clone(), data, penalties)?)
-        }
+        ModelSpec::Softmax { .. } => Arc::new(SoftmaxObjective::with_options(
+            model.clone(),
+            data,
+            penalties,
+            kernels,
+        )?),
         ModelSpec::Mlp { .. } => Arc::new(MlpObjective::new(model.clone(), data, penalties)?),
     })
 }

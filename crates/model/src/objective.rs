@@ -93,6 +93,12 @@ pub trait Objective: Send + Sync {
     fn ggn_vp(&self, w: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.curvature(w, CurvatureKind::GaussNewton)?.apply(v)
     }
+
+    /// The code that computes the products, as recorded in reports: the
+    /// same numbers come from the same kernel, dtype and instruction set.
+    fn kernel_name(&self) -> String {
+        format!("candle {}", self.dtype().as_str())
+    }
 }
 
 /// A batch of inputs and one-hot targets held in row chunks, so that a

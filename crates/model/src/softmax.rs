@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::fused::{FusedProducts, FusedSoftmax, XStorage};
+use crate::fused::{FusedProducts, FusedSoftmax, SimdLevel, XStorage};
 use crate::fused_ops::FusedOps;
 use crate::linop::{Counter, LinOp};
 use crate::model::{Model, ModelSpec};
@@ -41,15 +41,76 @@ pub enum SoftmaxKernel {
 
 impl SoftmaxKernel {
     /// `Fused(Auto)` on the CPU, `FusedOps(Auto)` on CUDA, `Candle`
-    /// elsewhere; `HESSFREE_FUSED=0` in the environment forces `Candle`.
+    /// elsewhere: the fastest kernel each device has.
     pub fn default_for(device: &Device) -> Self {
-        if std::env::var("HESSFREE_FUSED").is_ok_and(|v| v == "0") {
-            return Self::Candle;
+        KernelOptions::default().kernel_for(device)
+    }
+
+    /// What `--kernel` and `summary.json` call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Candle => "candle",
+            Self::Fused(_) | Self::FusedOps(_) => "fused",
         }
-        match device {
-            Device::Cpu => Self::Fused(XStorage::Auto),
-            Device::Cuda(_) => Self::FusedOps(XStorage::Auto),
-            _ => Self::Candle,
+    }
+}
+
+/// Which family of kernels computes softmax regression's products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The fused kernel where the device has one (CPU, CUDA), else candle.
+    #[default]
+    Auto,
+    /// The fused kernel; an error on a device that has none.
+    Fused,
+    /// Candle's matmuls.
+    Candle,
+}
+
+impl KernelChoice {
+    pub const CHOICES: &'static str = "auto, fused, candle";
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "fused" => Ok(Self::Fused),
+            "candle" => Ok(Self::Candle),
+            other => Err(ModelError::Spec(format!(
+                "unknown kernel `{other}`; expected one of: {}",
+                Self::CHOICES
+            ))),
+        }
+    }
+}
+
+/// How softmax regression's products are computed. Every choice is made
+/// here, by the caller, so that it can be recorded with the results; the
+/// defaults pick the fastest path the device and CPU have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOptions {
+    pub kernel: KernelChoice,
+    /// How the fused kernel stores `X`.
+    pub storage: XStorage,
+    /// The fused CPU kernel's instruction set; `None`: the best the CPU has.
+    pub simd: Option<SimdLevel>,
+}
+
+impl KernelOptions {
+    /// The kernel these options select on `device`.
+    pub fn kernel_for(&self, device: &Device) -> SoftmaxKernel {
+        let fused = match device {
+            Device::Cpu => Some(SoftmaxKernel::Fused(self.storage)),
+            Device::Cuda(_) => Some(SoftmaxKernel::FusedOps(self.storage)),
+            _ => None,
+        };
+        match (self.kernel, fused) {
+            (KernelChoice::Candle, _) | (KernelChoice::Auto, None) => SoftmaxKernel::Candle,
+            (_, Some(k)) => k,
+            // Refused in `SoftmaxObjective::with_options`.
+            (KernelChoice::Fused, None) => SoftmaxKernel::FusedOps(self.storage),
         }
     }
 }
@@ -59,12 +120,23 @@ pub struct SoftmaxObjective {
     data: Batches,
     reg: Arc<Regularizer>,
     kernel: SoftmaxKernel,
+    simd: Option<SimdLevel>,
     /// Present unless `kernel` is `Candle`.
     fused: Option<Arc<dyn FusedProducts>>,
 }
 
 impl SoftmaxObjective {
+    /// The objective with the default [`KernelOptions`].
     pub fn new(model: Model, data: Batches, penalties: Vec<Penalty>) -> Result<Self> {
+        Self::with_options(model, data, penalties, &KernelOptions::default())
+    }
+
+    pub fn with_options(
+        model: Model,
+        data: Batches,
+        penalties: Vec<Penalty>,
+        options: &KernelOptions,
+    ) -> Result<Self> {
         if !matches!(model.spec(), ModelSpec::Softmax { .. }) {
             return Err(ModelError::Spec(format!(
                 "SoftmaxObjective needs a softmax model, got {}",
@@ -72,13 +144,22 @@ impl SoftmaxObjective {
             )));
         }
         check_shapes(&model, &data)?;
+        if options.kernel == KernelChoice::Fused
+            && !matches!(data.device(), Device::Cpu | Device::Cuda(_))
+        {
+            return Err(ModelError::Unsupported(format!(
+                "the fused softmax kernel runs on the CPU and CUDA, not on {:?}",
+                data.device()
+            )));
+        }
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
-        let kernel = SoftmaxKernel::default_for(data.device());
+        let kernel = options.kernel_for(data.device());
         Self {
             model,
             data,
             reg: Arc::new(reg),
             kernel: SoftmaxKernel::Candle,
+            simd: options.simd,
             fused: None,
         }
         .with_kernel(kernel)
@@ -90,7 +171,11 @@ impl SoftmaxObjective {
         self.fused = match kernel {
             SoftmaxKernel::Candle => None,
             SoftmaxKernel::Fused(storage) => {
-                Some(Arc::new(FusedSoftmax::from_batches(&self.data, storage)?))
+                let mut f = FusedSoftmax::from_batches(&self.data, storage)?;
+                if let Some(level) = self.simd {
+                    f = f.with_simd_level(level);
+                }
+                Some(Arc::new(f))
             }
             SoftmaxKernel::FusedOps(storage) => {
                 Some(Arc::new(FusedOps::from_batches(&self.data, storage)?))
@@ -300,9 +385,17 @@ impl Objective for SoftmaxObjective {
             data: self.data.select(indices)?,
             reg: self.reg.clone(),
             kernel: SoftmaxKernel::Candle,
+            simd: self.simd,
             fused: None,
         };
         Ok(Arc::new(sub.with_kernel(self.kernel)?))
+    }
+
+    fn kernel_name(&self) -> String {
+        match &self.fused {
+            Some(f) => format!("{}, {}", f.describe(), self.dtype().as_str()),
+            None => format!("candle {}", self.dtype().as_str()),
+        }
     }
 
     /// The closed form (block Gram matrices), far cheaper than `dim` products.

@@ -75,6 +75,10 @@ pub struct RunSummary {
     pub weights_image: Option<String>,
     /// The final parameters, relative to the report.
     pub weights_file: Option<String>,
+    /// The code that computed the run's products (kernel, storage,
+    /// instruction set, dtype), as the objective reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -484,6 +488,14 @@ impl CompareReport {
             })
             .collect();
         let _ = writeln!(md, "## Results\n\n{}", markdown_table(&headers, &rows));
+        let kernels: Vec<String> = sum
+            .runs
+            .iter()
+            .filter_map(|r| r.kernel.as_ref().map(|k| format!("{}: {k}", r.name)))
+            .collect();
+        if !kernels.is_empty() {
+            let _ = writeln!(md, "Kernels: {}.\n", kernels.join("; "));
+        }
         for r in &sum.runs {
             if let Some(bytes) = r.hessian_bytes {
                 let _ = writeln!(

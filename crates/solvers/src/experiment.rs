@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use hessfree_data::{Dataset, subsample_indices};
+use hessfree_model::fused::{SimdLevel, XStorage};
 use hessfree_model::{
-    Batches, CurvatureKind, Init, Model, ModelSpec, Objective, Penalty, objective_for,
+    Batches, CastObjective, CurvatureKind, Init, KernelChoice, KernelOptions, Model, ModelSpec,
+    Objective, Penalty, objective_with,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,30 @@ pub struct ProblemSpec {
     pub hessian_fraction: f64,
     pub seed: u64,
     pub dtype: String,
+    /// The dtype of the curvature products inside CG; `None`: `dtype`.
+    /// `f32` in an `f64` problem is mixed precision ([`CastObjective`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curvature_dtype: Option<String>,
+    /// Softmax kernel: auto, fused or candle. (What actually ran is each
+    /// run's `kernel` in the report; the defaults are left out of the JSON
+    /// so that reports written before these options still regenerate.)
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub kernel: String,
+    /// How the fused kernel stores `X`: auto, u8 or float.
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub x_storage: String,
+    /// The fused CPU kernel's instruction set: auto (the best the CPU has)
+    /// or a lower level.
+    #[serde(default = "auto", skip_serializing_if = "is_auto")]
+    pub simd: String,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+fn is_auto(s: &str) -> bool {
+    s == "auto"
 }
 
 impl Default for ProblemSpec {
@@ -43,7 +69,21 @@ impl Default for ProblemSpec {
             hessian_fraction: 1.0,
             seed: 0,
             dtype: "f64".into(),
+            curvature_dtype: None,
+            kernel: auto(),
+            x_storage: auto(),
+            simd: auto(),
         }
+    }
+}
+
+fn parse_dtype(name: &str, what: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        other => Err(SolverError::Config(format!(
+            "unsupported {what} `{other}`; expected one of: f32, f64"
+        ))),
     }
 }
 
@@ -55,6 +95,8 @@ pub struct Parsed {
     pub init: Init,
     pub curvature: CurvatureKind,
     pub dtype: DType,
+    pub curvature_dtype: DType,
+    pub kernels: KernelOptions,
 }
 
 impl ProblemSpec {
@@ -64,14 +106,18 @@ impl ProblemSpec {
         let model = ModelSpec::parse(&self.model, activation)?;
         let init = self.init.parse()?;
         let curvature = self.curvature.parse()?;
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "f64" => DType::F64,
-            other => {
-                return Err(SolverError::Config(format!(
-                    "unsupported dtype `{other}`; expected one of: f32, f64"
-                )));
-            }
+        let dtype = parse_dtype(&self.dtype, "dtype")?;
+        let curvature_dtype = match &self.curvature_dtype {
+            Some(d) => parse_dtype(d, "curvature dtype")?,
+            None => dtype,
+        };
+        let kernels = KernelOptions {
+            kernel: self.kernel.parse::<KernelChoice>()?,
+            storage: self.x_storage.parse::<XStorage>()?,
+            simd: match self.simd.as_str() {
+                "auto" => None,
+                level => Some(level.parse::<SimdLevel>()?),
+            },
         };
         if !(self.hessian_fraction > 0.0 && self.hessian_fraction <= 1.0) {
             return Err(SolverError::Config(format!(
@@ -103,6 +149,8 @@ impl ProblemSpec {
             init,
             curvature,
             dtype,
+            curvature_dtype,
+            kernels,
         })
     }
 }
@@ -113,6 +161,9 @@ pub struct Experiment {
     pub parsed: Parsed,
     pub model: Model,
     pub objective: Arc<dyn Objective>,
+    /// The objective curvature products come from: `objective` itself, or
+    /// the same problem in `curvature_dtype` seen through [`CastObjective`].
+    pub curvature_objective: Arc<dyn Objective>,
     pub train_x: Tensor,
     pub train_labels: Tensor,
     pub test_x: Tensor,
@@ -140,16 +191,30 @@ impl Experiment {
         )?;
         let tr = train.to_tensors(device, parsed.dtype)?;
         let te = test.to_tensors(device, parsed.dtype)?;
-        let objective = objective_for(
+        let objective = objective_with(
             &model,
             Batches::new(&tr.images, &tr.one_hot, CHUNK_ROWS)?,
             parsed.penalties.clone(),
+            &parsed.kernels,
         )?;
+        let curvature_objective = if parsed.curvature_dtype == parsed.dtype {
+            objective.clone()
+        } else {
+            let low = train.to_tensors(device, parsed.curvature_dtype)?;
+            let inner = objective_with(
+                &model,
+                Batches::new(&low.images, &low.one_hot, CHUNK_ROWS)?,
+                parsed.penalties.clone(),
+                &parsed.kernels,
+            )?;
+            CastObjective::wrap(inner, parsed.dtype)
+        };
         Ok(Self {
             spec,
             parsed,
             model,
             objective,
+            curvature_objective,
             train_x: tr.images,
             train_labels: tr.labels,
             test_x: te.images,
@@ -182,9 +247,9 @@ impl Experiment {
         let curvature = match rows {
             Some(rows) if rows < n => {
                 let idx = subsample_indices(n, rows, self.spec.seed)?;
-                self.objective.subsample(&idx)?
+                self.curvature_objective.subsample(&idx)?
             }
-            _ => self.objective.clone(),
+            _ => self.curvature_objective.clone(),
         };
         Ok(HfProblem::new(
             self.objective.clone(),

@@ -212,6 +212,15 @@ pub fn run(args: &BenchReportArgs) -> Result<()> {
             md.push_str("No `cpu/memory/read` result in this run: run the `bandwidth` bench too.\n")
         }
     }
+    let peers_path = args.out.join("peers.json");
+    if peers_path.exists() {
+        md.push_str(&peers_section(&read_json(&peers_path)?, &by_id));
+    } else {
+        md.push_str(
+            "\n## Against the peers\n\nNo `peers.json` beside this report: run \
+             `cargo xtask bench-peers` for scikit-learn's and JAX's figures on this machine.\n",
+        );
+    }
     ensure_dir(&args.out)?;
     write_json(
         args.out.join("summary.json"),
@@ -229,4 +238,123 @@ pub fn run(args: &BenchReportArgs) -> Result<()> {
         args.out.join("report.md").display()
     );
     Ok(())
+}
+
+/// The hessfree benchmarks that do the same work as a peer's id, with a
+/// note on what is compared.
+fn counterparts(peer_id: &str) -> Vec<(String, &'static str)> {
+    let parts: Vec<&str> = peer_id.split('/').collect();
+    let [tool, model, op, dtype, n] = parts[..] else {
+        return Vec::new();
+    };
+    match (tool, model, op) {
+        ("jax" | "numpy", "softmax", "hvp") => vec![
+            (
+                format!("cpu/softmax/hvp/{dtype}/{n}/objective"),
+                "per CG step (probabilities reused)",
+            ),
+            (
+                format!("cpu/softmax/hvp-cold/{dtype}/{n}/fused-u8"),
+                "probabilities and product from scratch",
+            ),
+        ],
+        ("jax" | "numpy", "softmax", "grad") => vec![(
+            format!("cpu/softmax/grad/{dtype}/{n}/objective"),
+            "loss and gradient",
+        )],
+        ("jax", "softmax-dense", "hvp") => vec![(
+            format!("cpu/softmax/hvp/{dtype}/{n}/fused-{dtype}"),
+            "dense kernel on X in the compute dtype (its speed does not depend on the values)",
+        )],
+        ("jax", "mlp", "grad" | "hvp" | "ggn") => vec![(
+            format!("cpu/mlp/{op}/{dtype}/{n}/cold"),
+            "forward quantities and one product",
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// The peers' figures from `peers.json`, each beside hessfree's benchmark
+/// of the same work, with the ratio peer / hessfree (above 1: hessfree is
+/// faster). The two come from different runs: both files say when.
+fn peers_section(peers: &serde_json::Value, by_id: &BTreeMap<&str, &Bench>) -> String {
+    let mut md = String::from("\n## Against the peers\n\n");
+    let versions = &peers["versions"];
+    md.push_str(&format!(
+        "From `peers.json` ({}, git `{}`{}): scikit-learn {}, JAX {}, numpy {}, on {} threads. \
+         Peer / hessfree above 1 means hessfree is faster.\n\n",
+        peers["date"].as_str().unwrap_or("?"),
+        peers["git_revision"].as_str().unwrap_or("?"),
+        if peers["quick"].as_bool() == Some(true) {
+            ", **--quick: not comparable**"
+        } else {
+            ""
+        },
+        versions["sklearn"].as_str().unwrap_or("?"),
+        versions["jax"].as_str().unwrap_or("?"),
+        versions["numpy"].as_str().unwrap_or("?"),
+        peers["threads"]["xla_eigen_threads_observed"]
+            .as_u64()
+            .map_or("?".to_string(), |t| t.to_string()),
+    ));
+    let mut rows = Vec::new();
+    let mut sklearn = Vec::new();
+    for r in peers["results"].as_array().into_iter().flatten() {
+        let id = r["id"].as_str().unwrap_or_default();
+        if let Some(median) = r["median_s"].as_f64() {
+            for (ours, note) in counterparts(id) {
+                if let Some(b) = by_id.get(ours.as_str()) {
+                    rows.push(vec![
+                        format!("`{id}`"),
+                        fmt_duration_s(median),
+                        format!("`{ours}`"),
+                        fmt_duration_s(b.median_seconds),
+                        fmt_sig(median / b.median_seconds, 3),
+                        note.to_string(),
+                    ]);
+                }
+            }
+        } else if id.starts_with("sklearn/") {
+            let num = |k: &str| r[k].as_f64().map_or("n/a".to_string(), |x| fmt_sig(x, 4));
+            sklearn.push(vec![
+                format!("`{id}`"),
+                r["wall_s"].as_f64().map_or("n/a".into(), fmt_duration_s),
+                r["time_to_rel_1e-6_s"]
+                    .as_f64()
+                    .map_or("n/a".into(), fmt_duration_s),
+                num("n_iter"),
+                num("hvps"),
+                r["f"].as_f64().map_or("n/a".into(), |f| fmt_sig(f, 12)),
+            ]);
+        }
+    }
+    md.push_str(&markdown_table(
+        &[
+            "peer",
+            "peer median",
+            "hessfree",
+            "hessfree median",
+            "peer / hessfree",
+            "what",
+        ],
+        &rows,
+    ));
+    if !sklearn.is_empty() {
+        md.push_str(
+            "\nscikit-learn's solve of the L2 problem (`cargo xtask compare` gives hessfree's, \
+             in `docs/reports/newton-vs-sgd-l2`):\n\n",
+        );
+        md.push_str(&markdown_table(
+            &[
+                "solver",
+                "fit time",
+                "to 1e-6 of f*",
+                "Newton iterations",
+                "HVPs",
+                "final objective",
+            ],
+            &sklearn,
+        ));
+    }
+    md
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod bench_peers;
 mod bench_report;
 mod check_curvature;
 mod compare;
@@ -45,6 +46,8 @@ enum Command {
     Compare(Box<compare::CompareArgs>),
     /// Summarise the last `cargo bench` into docs/reports/bench.
     BenchReport(bench_report::BenchReportArgs),
+    /// Time scikit-learn and JAX on the same problems (own Python venv).
+    BenchPeers(bench_peers::BenchPeersArgs),
     /// The Hessian study: spy plots, rank vs batch size, memory, matrix-free spectrum.
     Hessian(hessian::HessianArgs),
     /// Regenerate committed reports from their data, or check them (--check).
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report::run(&args),
         Command::Hessian(args) => hessian::run(args),
         Command::BenchReport(args) => bench_report::run(&args),
+        Command::BenchPeers(args) => bench_peers::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,52 +22,70 @@ pub fn tensor_to_mat(t: &Tensor) -> Result<Mat<f64>> {
 
 /// The data term's Hessian of softmax regression at `w`, assembled in
 /// closed form (penalty terms excluded; see [`assemble_softmax_hessian`]).
+///
+/// With `x̃_i = [x_i, 1]` (the bias as one more input), block `(c, c')` is
+/// `X̃ᵀ diag(a) X̃ / n` with `a_i = δ_cc' p_ic − p_ic p_ic'`: one matrix
+/// product per class pair on weighted rows, of which only the lower half is
+/// computed since every block is symmetric. That is `k(k+1)/2 · n · (d+1)²`
+/// multiply-adds (55 · 60000 · 785² ≈ 2 TFLOP for MNIST), done by faer's
+/// GEMM kernels on every core; the scatter into the parameter layout
+/// (`W[j, c]` at `j·k + c`, bias `c` at `d·k + c`) is one pass over `H`.
 pub fn softmax_data_hessian(obj: &SoftmaxObjective, w: &Tensor) -> Result<Mat<f64>> {
+    use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+    use faer::{Accum, Par};
+
     let k = obj.model().classes();
     let d = obj.model().inputs();
     let bias = obj.model().has_bias();
-    let dim = d * k + if bias { k } else { 0 };
+    let da = d + usize::from(bias);
     let n = obj.data().rows() as f64;
-    let mut h = Mat::<f64>::zeros(dim, dim);
+    // Lower halves of the Gram blocks, for c ≤ c' in row-major pair order.
+    let pairs: Vec<(usize, usize)> = (0..k).flat_map(|c| (c..k).map(move |c2| (c, c2))).collect();
+    let mut blocks = vec![Mat::<f64>::zeros(da, da); pairs.len()];
+    let par = Par::rayon(0);
     for ((x, _), p) in obj.data().chunks().iter().zip(obj.probabilities(w)?) {
-        let x = tensor_to_mat(x)?;
-        let p = tensor_to_mat(&p)?;
-        let rows = x.nrows();
-        for c in 0..k {
-            for c2 in c..k {
-                // a_i = A_i[c, c'] = δ_cc' p_ic − p_ic p_ic'
-                let a: Vec<f64> = (0..rows)
-                    .map(|i| if c == c2 { p[(i, c)] } else { 0.0 } - p[(i, c)] * p[(i, c2)])
-                    .collect();
-                let xa = Mat::from_fn(rows, d, |i, j| a[i] * x[(i, j)]);
-                let block = x.transpose() * &xa;
-                for j in 0..d {
-                    for j2 in 0..d {
-                        let v = block[(j, j2)] / n;
-                        h[(j * k + c, j2 * k + c2)] += v;
-                        if c != c2 {
-                            h[(j * k + c2, j2 * k + c)] += v;
-                        }
-                    }
+        let rows = x.dim(0)?;
+        let xv = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let pv = p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let xa = Mat::from_fn(rows, da, |i, j| if j < d { xv[i * d + j] } else { 1.0 });
+        let mut weighted = Mat::<f64>::zeros(rows, da);
+        for (&(c, c2), block) in pairs.iter().zip(&mut blocks) {
+            let a: Vec<f64> = (0..rows)
+                .map(|i| {
+                    let (pc, pc2) = (pv[i * k + c], pv[i * k + c2]);
+                    if c == c2 { pc - pc * pc } else { -pc * pc2 }
+                })
+                .collect();
+            for j in 0..da {
+                let (src, dst) = (xa.col(j), weighted.col_mut(j));
+                for ((o, &x), &ai) in dst.iter_mut().zip(src.iter()).zip(&a) {
+                    *o = ai * x;
                 }
-                if bias {
-                    let bc = d * k + c;
-                    let bc2 = d * k + c2;
-                    let sum_a: f64 = a.iter().sum();
-                    h[(bc, bc2)] += sum_a / n;
-                    if c != c2 {
-                        h[(bc2, bc)] += sum_a / n;
-                    }
-                    for j in 0..d {
-                        let xa_j: f64 = (0..rows).map(|i| x[(i, j)] * a[i]).sum::<f64>() / n;
-                        h[(j * k + c, bc2)] += xa_j;
-                        h[(bc2, j * k + c)] += xa_j;
-                        if c != c2 {
-                            h[(j * k + c2, bc)] += xa_j;
-                            h[(bc, j * k + c2)] += xa_j;
-                        }
-                    }
-                }
+            }
+            matmul(
+                block.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                xa.transpose(),
+                BlockStructure::Rectangular,
+                weighted.as_ref(),
+                BlockStructure::Rectangular,
+                1.0 / n,
+                par,
+            );
+        }
+    }
+    let dim = d * k + if bias { k } else { 0 };
+    let index = |j: usize, c: usize| if j < d { j * k + c } else { d * k + c };
+    let mut h = Mat::<f64>::zeros(dim, dim);
+    for (&(c, c2), block) in pairs.iter().zip(&blocks) {
+        for j2 in 0..da {
+            for j in j2..da {
+                let v = block[(j, j2)];
+                h[(index(j, c), index(j2, c2))] = v;
+                h[(index(j2, c), index(j, c2))] = v;
+                h[(index(j, c2), index(j2, c))] = v;
+                h[(index(j2, c2), index(j, c))] = v;
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The fused softmax-regression kernels against the unfused candle products:
 //! loss, gradient, probabilities and HVP, with and without bias, f32 (1e-4
 //! relative) and f64 (1e-10 relative), u8 against float storage, the candle
-//! custom ops, every instruction set the CPU has, and bit-for-bit determinism
-//! across repeated calls and thread counts. `SoftmaxKernel::FusedOps` (the
+//! custom ops, every instruction set the CPU has (against the unfused
+//! products and against each other), and bit-for-bit determinism across
+//! repeated calls and thread counts at every level. `SoftmaxKernel::FusedOps` (the
 //! same kernels as candle ops on the batch's device) is checked per device:
 //! on the CPU always, on CUDA when built with the `cuda` feature.
 //!
@@ -14,6 +15,7 @@
 use candle_core::{DType, Device, Tensor};
 use hessfree_model::fused::{
     FusedSoftmax, SimdLevel, SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp, Targets, XData, XStorage,
+    simd_level,
 };
 use hessfree_model::linop::vec as fv;
 use hessfree_model::objective::{softmax_cross_entropy, softmax_curvature_product};
@@ -216,17 +218,78 @@ fn fused_matches_unfused_f64_and_f32() -> R<()> {
     Ok(())
 }
 
+/// Every level this CPU has against the unfused products, and against the
+/// scalar level to rounding (FMA and the lanes' summation order differ).
 #[test]
 fn every_instruction_set_agrees() -> R<()> {
+    let levels = SimdLevel::available();
+    eprintln!(
+        "SIMD levels on this CPU: {levels:?}, best {}",
+        SimdLevel::best()
+    );
+    assert_eq!(levels[0], SimdLevel::Scalar);
+    assert!(levels.contains(&SimdLevel::best()));
+    assert_eq!(simd_level(), SimdLevel::best());
     for dtype in [DType::F64, DType::F32] {
+        // d = 100: tails after the vectors at every width.
         let data = data(200, 100, 10, 5, dtype)?;
         let obj = reference(&data, true)?;
-        for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-            let fused =
-                FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?.with_simd_level(level);
-            check(&fused, &obj, true, dtype, 9)?;
+        let w = random(1010, 0.5, 9, dtype)?;
+        let v = random(1010, 1.0, 10, dtype)?;
+        let eps = if dtype == DType::F64 { 1e-13 } else { 1e-5 };
+        for storage in [XStorage::Auto, XStorage::Float] {
+            let mut results = Vec::new();
+            for &level in &levels {
+                let fused =
+                    FusedSoftmax::from_batches(obj.data(), storage)?.with_simd_level(level)?;
+                assert_eq!(fused.simd_level(), level);
+                check(&fused, &obj, true, dtype, 9)?;
+                let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
+                let hv = fused.hvp_flat(&p, &v, true)?;
+                results.push((level, l, g, p, hv));
+            }
+            let (_, l0, g0, p0, h0) = &results[0];
+            for (level, l, g, p, hv) in &results[1..] {
+                let what = format!("{level} vs scalar, {dtype:?}, {storage:?}");
+                assert!(((l - l0) / l0).abs() < eps, "{what}: loss {l} vs {l0}");
+                for (name, a, b) in [
+                    ("gradient", g, g0),
+                    ("probabilities", p, p0),
+                    ("HVP", hv, h0),
+                ] {
+                    let e = rel(a, b)?;
+                    assert!(e < eps, "{what}: {name} rel. difference {e:e}");
+                }
+            }
         }
     }
+    // A level the CPU lacks is refused, never run.
+    let data = data(20, 30, 10, 1, DType::F32)?;
+    let obj = reference(&data, true)?;
+    for level in SimdLevel::ALL {
+        if !level.is_available() {
+            let e = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?
+                .with_simd_level(level)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(level.name()) && e.contains("not available"),
+                "{e}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn simd_level_names_round_trip() -> R<()> {
+    for level in SimdLevel::ALL {
+        assert_eq!(level.to_string().parse::<SimdLevel>()?, level);
+    }
+    assert_eq!("x86-64-v3".parse::<SimdLevel>()?, SimdLevel::Avx2);
+    assert_eq!("AVX512".parse::<SimdLevel>()?, SimdLevel::Avx512);
+    let e = "sse2".parse::<SimdLevel>().unwrap_err().to_string();
+    assert!(e.contains("sse2") && e.contains("avx2"), "{e}");
     Ok(())
 }
 
@@ -398,26 +461,37 @@ fn bit_identical_across_runs_and_thread_counts() -> R<()> {
     for dtype in [DType::F32, DType::F64] {
         let data = data(5000, 784, 10, 17, dtype)?;
         let obj = reference(&data, true)?;
-        let fused = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
         let w = random(7850, 0.5, 3, dtype)?;
         let v = random(7850, 1.0, 4, dtype)?;
-        let run = |threads: usize| -> R<(f64, Vec<f64>, Vec<f64>)> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()?;
-            pool.install(|| {
-                let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
-                let hv = fused.hvp_flat(&p, &v, true)?;
-                let f = |t: &Tensor| -> R<Vec<f64>> {
-                    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-                };
-                Ok((l, f(&g)?, f(&hv)?))
-            })
-        };
-        let first = run(2)?;
-        assert_eq!(run(2)?, first, "{dtype:?}: same thread count, same bits");
-        for threads in [1, 3, 4] {
-            assert_eq!(run(threads)?, first, "{dtype:?}: {threads} threads");
+        for level in SimdLevel::available() {
+            let fused =
+                FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?.with_simd_level(level)?;
+            let run = |threads: usize| -> R<(f64, Vec<f64>, Vec<f64>)> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()?;
+                pool.install(|| {
+                    let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
+                    let hv = fused.hvp_flat(&p, &v, true)?;
+                    let f = |t: &Tensor| -> R<Vec<f64>> {
+                        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+                    };
+                    Ok((l, f(&g)?, f(&hv)?))
+                })
+            };
+            let first = run(2)?;
+            assert_eq!(
+                run(2)?,
+                first,
+                "{dtype:?}, {level}: same thread count, same bits"
+            );
+            for threads in [1, 3, 4] {
+                assert_eq!(
+                    run(threads)?,
+                    first,
+                    "{dtype:?}, {level}: {threads} threads"
+                );
+            }
         }
     }
     Ok(())

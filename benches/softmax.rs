@@ -33,7 +33,8 @@
 //! Built with `--features cuda`, `grad` and `hvp` also run on the first CUDA
 //! device as `cuda/softmax/...` (see `softmax_cuda`), for `candle` and for the
 //! CUDA kernels of the fused ops (`fused-{f32,f64}`, `fused-u8`, through
-//! `hessfree_model::fused_ops::FusedOps`).
+//! `hessfree_model::fused_ops::FusedOps`; `HESSFREE_CUDA_BLOCKS` sets their
+//! blocks per launch).
 
 mod common;
 
@@ -178,6 +179,12 @@ fn softmax_cuda(c: &mut Criterion) {
         }
     };
     let model = Model::new(ModelSpec::Softmax { bias: true }, 784, 10).expect("model");
+    // The library reads no environment: `HESSFREE_CUDA_BLOCKS` (blocks per
+    // launch, for a sweep) becomes `FusedOps::with_cuda_blocks`.
+    let blocks = std::env::var("HESSFREE_CUDA_BLOCKS").ok().map(|v| {
+        v.parse::<usize>()
+            .unwrap_or_else(|e| panic!("HESSFREE_CUDA_BLOCKS={v:?}: {e}"))
+    });
     for n in [1000usize, 60_000] {
         for dtype in [DType::F32, DType::F64] {
             let dt = common::dtype_name(dtype);
@@ -188,8 +195,12 @@ fn softmax_cuda(c: &mut Criterion) {
                 data: &data,
                 model: model.clone(),
             };
-            let fused_float = FusedOps::from_batches(&data, XStorage::Float).expect("fused ops");
-            let fused_u8 = FusedOps::from_batches(&data, XStorage::U8).expect("fused ops u8");
+            let fused_float = FusedOps::from_batches(&data, XStorage::Float)
+                .and_then(|f| f.with_cuda_blocks(blocks))
+                .expect("fused ops");
+            let fused_u8 = FusedOps::from_batches(&data, XStorage::U8)
+                .and_then(|f| f.with_cuda_blocks(blocks))
+                .expect("fused ops u8");
             let fused = [
                 (format!("fused-{dt}"), &fused_float),
                 ("fused-u8".to_string(), &fused_u8),

@@ -1111,6 +1111,9 @@ pub struct SoftmaxHvpOp {
     pub x_scale: f64,
     /// Multiplies the result (normally `1/n_total`).
     pub scale: f64,
+    /// CUDA blocks per launch; `None`: twice the multiprocessors. Ignored
+    /// on the CPU.
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp3 for SoftmaxHvpOp {
@@ -1183,6 +1186,8 @@ pub struct SoftmaxGradOp {
     pub bias: bool,
     pub x_scale: f64,
     pub scale: f64,
+    /// As for [`SoftmaxHvpOp::cuda_blocks`].
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp3 for SoftmaxGradOp {
@@ -1284,6 +1289,8 @@ pub struct SoftmaxProbsOp {
     pub classes: usize,
     pub bias: bool,
     pub x_scale: f64,
+    /// As for [`SoftmaxHvpOp::cuda_blocks`].
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp2 for SoftmaxProbsOp {

@@ -415,6 +415,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     bias,
                     x_scale: 1.0 / 255.0,
                     scale: 1.0 / n,
+                    cuda_blocks: None,
                 };
                 let out = x.apply_op3_no_bwd(&data.y, &w, &grad_op)?;
                 assert_eq!(out.dims(), &[dim + 1]);
@@ -437,6 +438,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     classes: 10,
                     bias,
                     x_scale: 1.0 / 255.0,
+                    cuda_blocks: None,
                 };
                 let p = x.apply_op2_no_bwd(&w, &probs_op)?;
                 assert!(rel(&p, &p_ref)? < t);
@@ -446,6 +448,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     bias,
                     x_scale: 1.0 / 255.0,
                     scale: 1.0 / n,
+                    cuda_blocks: None,
                 };
                 let hv = x.apply_op3_no_bwd(&p, &v, &hvp_op)?;
                 assert!(rel(&hv, &hv_ref)? < t, "hvp op {dtype:?} bias {bias}");
@@ -617,5 +620,52 @@ fn fused_ops_on_cuda_match_unfused() -> R<()> {
         SoftmaxKernel::default_for(&device),
         SoftmaxKernel::FusedOps(XStorage::Auto)
     );
+    Ok(())
+}
+
+/// The CUDA kernels with other block counts (`FusedOps::with_cuda_blocks`;
+/// `HESSFREE_CUDA_BLOCKS`, if set, adds one: the library reads no
+/// environment) agree with the default count to rounding.
+#[cfg(feature = "cuda")]
+#[test]
+fn fused_ops_on_cuda_block_counts_agree() -> R<()> {
+    use hessfree_model::fused::FusedProducts;
+    use hessfree_model::fused_ops::FusedOps;
+    let device = Device::new_cuda(0)?;
+    let mut counts = vec![1usize, 3, 1000];
+    if let Ok(v) = std::env::var("HESSFREE_CUDA_BLOCKS") {
+        counts.push(v.parse()?);
+    }
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu);
+    for dtype in [DType::F64, DType::F32] {
+        let data = data(3000, 784, 10, 13, dtype)?;
+        let batches = Batches::new(
+            &data.x.to_device(&device)?,
+            &data.y.to_device(&device)?,
+            1000,
+        )?;
+        let w = random(7850, 0.5, 3, dtype)?.to_device(&device)?;
+        let v = random(7850, 1.0, 4, dtype)?.to_device(&device)?;
+        let base = FusedOps::from_batches(&batches, XStorage::Auto)?;
+        assert_eq!(base.cuda_blocks(), None);
+        let (l0, g0) = base.loss_and_grad_flat(&w, true)?;
+        let p = base.probabilities_flat(&w, true)?;
+        let h0 = base.hvp_flat(&p, &v, true)?;
+        let eps = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        for &blocks in &counts {
+            let what = format!("{dtype:?}, {blocks} blocks");
+            let ops =
+                FusedOps::from_batches(&batches, XStorage::Auto)?.with_cuda_blocks(Some(blocks))?;
+            let (l, g) = ops.loss_and_grad_flat(&w, true)?;
+            assert!(((l - l0) / l0).abs() < eps, "{what}: loss {l} vs {l0}");
+            let e = rel(&cpu(&g)?, &cpu(&g0)?)?;
+            assert!(e < eps, "{what}: gradient rel. difference {e:e}");
+            let h = ops.hvp_flat(&p, &v, true)?;
+            let e = rel(&cpu(&h)?, &cpu(&h0)?)?;
+            assert!(e < eps, "{what}: HVP rel. difference {e:e}");
+        }
+        let zero = FusedOps::from_batches(&batches, XStorage::Auto)?.with_cuda_blocks(Some(0));
+        assert!(zero.is_err(), "zero blocks are refused");
+    }
     Ok(())
 }

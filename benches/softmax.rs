@@ -64,10 +64,13 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
         model: obj.model().clone(),
     };
     let level = common::simd_level();
-    eprintln!(
-        "fused kernels: SIMD level {level} (this CPU has {:?})",
-        SimdLevel::available()
-    );
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "fused kernels: SIMD level {level} (this CPU has {:?})",
+            SimdLevel::available()
+        )
+    });
     let with_level = |f: FusedSoftmax, level| f.with_simd_level(level).expect("SIMD level");
     let fused_float = with_level(
         FusedSoftmax::from_batches(obj.data(), XStorage::Float).expect("fused"),

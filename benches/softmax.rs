@@ -21,12 +21,20 @@
 //!   with whichever kernel it is wired to (`grad` and `hvp` only);
 //! - `fused-{f32,f64}`: the fused kernel, `X` in the compute dtype read in
 //!   place from the batch's chunk tensors;
-//! - `fused-u8`: the fused kernel, `X` as bytes (4x fewer than f32).
+//! - `fused-u8`: the fused kernel, `X` as bytes (4x fewer than f32);
+//! - `fused-u8/{level}` (`grad` and `hvp` only): the same at each SIMD level
+//!   this CPU has (`scalar`, `avx2`, `avx512`, `neon`), for the ratios of
+//!   level to level.
+//!
+//! The `fused-*` ids without a level run the best level the CPU has, or
+//! `HESSFREE_SIMD` (`scalar`, `avx2`, ...) if set; the level is printed. The
+//! `objective` ids run whatever `SoftmaxObjective` chooses (the best level).
 //!
 //! Built with `--features cuda`, `grad` and `hvp` also run on the first CUDA
 //! device as `cuda/softmax/...` (see `softmax_cuda`), for `candle` and for the
 //! CUDA kernels of the fused ops (`fused-{f32,f64}`, `fused-u8`, through
-//! `hessfree_model::fused_ops::FusedOps`).
+//! `hessfree_model::fused_ops::FusedOps`; `HESSFREE_CUDA_BLOCKS` sets their
+//! blocks per launch).
 
 mod common;
 
@@ -35,7 +43,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hessfree_model::fused::{FusedSoftmax, XStorage};
+use hessfree_model::fused::{FusedSoftmax, SimdLevel, XStorage};
 use hessfree_model::{CurvatureKind, Model, ModelSpec, Objective, SoftmaxObjective};
 
 fn softmax(c: &mut Criterion) {
@@ -55,12 +63,32 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
         data: obj.data(),
         model: obj.model().clone(),
     };
-    let fused_float = FusedSoftmax::from_batches(obj.data(), XStorage::Float).expect("fused");
-    let fused_u8 = FusedSoftmax::from_batches(obj.data(), XStorage::U8).expect("fused u8");
+    let level = common::simd_level();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "fused kernels: SIMD level {level} (this CPU has {:?})",
+            SimdLevel::available()
+        )
+    });
+    let with_level = |f: FusedSoftmax, level| f.with_simd_level(level).expect("SIMD level");
+    let fused_float = with_level(
+        FusedSoftmax::from_batches(obj.data(), XStorage::Float).expect("fused"),
+        level,
+    );
+    let fused_u8 = with_level(
+        FusedSoftmax::from_batches(obj.data(), XStorage::U8).expect("fused u8"),
+        level,
+    );
     let variants = [
         (format!("fused-{dt}"), &fused_float),
         ("fused-u8".to_string(), &fused_u8),
     ];
+    // The u8 kernel at every level, for `grad` and `hvp`.
+    let per_level: Vec<(String, FusedSoftmax)> = SimdLevel::available()
+        .into_iter()
+        .map(|l| (format!("fused-u8/{l}"), with_level(fused_u8.clone(), l)))
+        .collect();
     // A point with confident but not saturated probabilities, and a direction.
     let w = common::random(obj.dim(), 0.05, 1, dtype);
     let v = common::random(obj.dim(), 1.0, 2, dtype);
@@ -80,7 +108,11 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
     g.bench_function("objective", |b| {
         b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
     });
-    for (name, f) in &variants {
+    for (name, f) in variants
+        .iter()
+        .map(|(n, f)| (n, *f))
+        .chain(per_level.iter().map(|(n, f)| (n, f)))
+    {
         g.bench_function(name.as_str(), |b| {
             b.iter(|| black_box(f.loss_and_grad_flat(&w, true).expect("grad")))
         });
@@ -102,7 +134,12 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
                 b.iter(|| black_box(curv.apply(&v).expect("hvp")))
             });
         }
-        for (name, f) in &variants {
+        let levels = per_level.iter().filter(|_| kind == CurvatureKind::Hessian);
+        for (name, f) in variants
+            .iter()
+            .map(|(n, f)| (n, *f))
+            .chain(levels.map(|(n, f)| (n, f)))
+        {
             let p: Tensor = f.probabilities_flat(&w, true).expect("probabilities");
             g.bench_function(name.as_str(), |b| {
                 b.iter(|| black_box(f.hvp_flat(&p, &v, true).expect("hvp")))
@@ -145,6 +182,12 @@ fn softmax_cuda(c: &mut Criterion) {
         }
     };
     let model = Model::new(ModelSpec::Softmax { bias: true }, 784, 10).expect("model");
+    // The library reads no environment: `HESSFREE_CUDA_BLOCKS` (blocks per
+    // launch, for a sweep) becomes `FusedOps::with_cuda_blocks`.
+    let blocks = std::env::var("HESSFREE_CUDA_BLOCKS").ok().map(|v| {
+        v.parse::<usize>()
+            .unwrap_or_else(|e| panic!("HESSFREE_CUDA_BLOCKS={v:?}: {e}"))
+    });
     for n in [1000usize, 60_000] {
         for dtype in [DType::F32, DType::F64] {
             let dt = common::dtype_name(dtype);
@@ -155,8 +198,12 @@ fn softmax_cuda(c: &mut Criterion) {
                 data: &data,
                 model: model.clone(),
             };
-            let fused_float = FusedOps::from_batches(&data, XStorage::Float).expect("fused ops");
-            let fused_u8 = FusedOps::from_batches(&data, XStorage::U8).expect("fused ops u8");
+            let fused_float = FusedOps::from_batches(&data, XStorage::Float)
+                .and_then(|f| f.with_cuda_blocks(blocks))
+                .expect("fused ops");
+            let fused_u8 = FusedOps::from_batches(&data, XStorage::U8)
+                .and_then(|f| f.with_cuda_blocks(blocks))
+                .expect("fused ops u8");
             let fused = [
                 (format!("fused-{dt}"), &fused_float),
                 ("fused-u8".to_string(), &fused_u8),

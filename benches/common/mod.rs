@@ -80,6 +80,26 @@ pub fn random(len: usize, scale: f64, seed: u64, dtype: DType) -> Tensor {
         .expect("random tensor")
 }
 
+/// The SIMD level of the fused kernels' plain bench ids: `HESSFREE_SIMD`
+/// (`scalar`, `avx2`, `avx512`, `neon`) if set, else the best this CPU has.
+/// The library reads no environment variable; the benches map this one onto
+/// `FusedSoftmax::with_simd_level`.
+pub fn simd_level() -> hessfree_model::fused::SimdLevel {
+    use hessfree_model::fused::SimdLevel;
+    match std::env::var("HESSFREE_SIMD") {
+        Ok(v) => {
+            let level: SimdLevel = v.parse().unwrap_or_else(|e| panic!("HESSFREE_SIMD: {e}"));
+            assert!(
+                level.is_available(),
+                "HESSFREE_SIMD={v}: this CPU has only {:?}",
+                SimdLevel::available()
+            );
+            level
+        }
+        Err(_) => SimdLevel::best(),
+    }
+}
+
 /// `"f32"` or `"f64"`.
 pub fn dtype_name(dtype: DType) -> &'static str {
     match dtype {

@@ -90,6 +90,10 @@ pub struct CompareArgs {
     /// (HESSFREE_SIMD sets it when this is auto).
     #[arg(long, default_value = "auto")]
     pub simd: String,
+    /// Thread blocks of the CUDA kernels (default: twice the
+    /// multiprocessors; HESSFREE_CUDA_BLOCKS sets it when not given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cuda_blocks: Option<u64>,
     /// cpu or cuda (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -195,7 +199,7 @@ struct Planned {
 
 /// The kernel flags, with the variables older scripts set mapped onto the
 /// ones left at `auto`: the library itself never reads the environment.
-fn kernel_flags(args: &CompareArgs) -> (String, String) {
+fn kernel_flags(args: &CompareArgs) -> Result<(String, String, Option<usize>)> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let kernel = match (args.kernel.as_str(), env("HESSFREE_FUSED").as_deref()) {
         ("auto", Some("0")) => "candle".to_string(),
@@ -205,11 +209,21 @@ fn kernel_flags(args: &CompareArgs) -> (String, String) {
         ("auto", Some(level)) => level,
         (s, _) => s.to_string(),
     };
-    (kernel, simd)
+    let cuda_blocks = match (args.cuda_blocks, env("HESSFREE_CUDA_BLOCKS")) {
+        (Some(n), _) => Some(n as usize),
+        (None, Some(v)) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("HESSFREE_CUDA_BLOCKS={v} is not a positive integer"))?,
+        ),
+        (None, None) => None,
+    };
+    Ok((kernel, simd, cuda_blocks))
 }
 
 fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
-    let (kernel, simd) = kernel_flags(args);
+    let (kernel, simd, cuda_blocks) = kernel_flags(args)?;
     let base = ProblemSpec {
         model: args.model.clone(),
         activation: args.activation.clone(),
@@ -224,6 +238,7 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
         kernel,
         x_storage: args.x_storage.clone(),
         simd,
+        cuda_blocks,
     };
     for (flag, value) in [
         ("--max-time", args.max_time),

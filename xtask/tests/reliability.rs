@@ -136,7 +136,7 @@ fn every_bad_input_is_refused_clearly() {
         Case {
             input: "`--simd sse9`",
             args: compare(&["--simd", "sse9"], &good),
-            expect: "unknown instruction set `sse9`",
+            expect: "unknown SIMD level \"sse9\": expected scalar, avx2, avx512 or neon",
             nothing_written: true,
         },
         Case {

@@ -48,10 +48,16 @@
 //!
 //! # Instruction sets
 //!
-//! The inner loops are written once, generically over a small SIMD trait, and
-//! instantiated for AVX-512F (16 `f32` lanes), AVX2+FMA (8 lanes) and plain
-//! scalar code, chosen at run time. `HESSFREE_SIMD=avx512|avx2|scalar`
-//! overrides the choice (downwards only) for testing and benchmarking.
+//! The inner loops are written once, generically over pulp's `Simd` trait
+//! (the SIMD layer faer uses), and run with the instruction set pulp detects
+//! at run time ([`SimdLevel::best`]): AVX-512 (x86-64-v4, 16 `f32` lanes),
+//! AVX2+FMA (x86-64-v3, 8 lanes), NEON on aarch64 (4 lanes), or scalar code.
+//! Where pulp's generic trait has no operation (the `u8 → f32/f64` and
+//! `f32 ↔ f64` loads, widening into the `f64` accumulator) the kernel
+//! converts lane by lane in a loop that LLVM vectorises for the instruction
+//! set at hand; the prefetch hint is x86's, a no-op elsewhere.
+//! [`FusedSoftmax::with_simd_level`] runs another level the CPU has (tests,
+//! benchmarks); the library reads no environment variable.
 //!
 //! # Devices
 //!
@@ -80,72 +86,111 @@ pub const BLOCK_ROWS: usize = 64;
 /// multiple of it with zero columns.
 const KG: usize = 10;
 
-/// The instruction set the kernels run with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The instruction set the kernels run with: one of pulp's, named by what
+/// actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SimdLevel {
-    /// Portable scalar code (no FMA).
+    /// Portable scalar code (one lane, no FMA): pulp's `Scalar`.
     Scalar,
-    /// AVX2 with FMA: 8 `f32` / 4 `f64` lanes.
+    /// x86-64-v3, AVX2 with FMA: 8 `f32` / 4 `f64` lanes (pulp's `V3`).
     Avx2,
-    /// AVX-512F: 16 `f32` / 8 `f64` lanes.
+    /// x86-64-v4, AVX-512 (F, BW, CD, DQ, VL): 16 `f32` / 8 `f64` lanes
+    /// (pulp's `V4`).
     Avx512,
+    /// aarch64 NEON: 4 `f32` / 2 `f64` lanes (pulp's `Neon`).
+    Neon,
+}
+
+impl SimdLevel {
+    /// Every level, in the order of [`SimdLevel::available`].
+    pub const ALL: [SimdLevel; 4] = [Self::Scalar, Self::Avx2, Self::Avx512, Self::Neon];
+
+    /// The best level this CPU has, as pulp detects it.
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match pulp::x86::Arch::new() {
+                pulp::x86::Arch::V4(_) => Self::Avx512,
+                pulp::x86::Arch::V3(_) => Self::Avx2,
+                _ => Self::Scalar,
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            match pulp::aarch64::Arch::new() {
+                pulp::aarch64::Arch::Neon(_) => Self::Neon,
+                _ => Self::Scalar,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Self::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => pulp::x86::V3::try_new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => pulp::x86::V4::try_new().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => pulp::aarch64::Neon::try_new().is_some(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The levels this CPU can run, scalar first.
+    pub fn available() -> Vec<Self> {
+        Self::ALL.into_iter().filter(|l| l.is_available()).collect()
+    }
+
+    /// `"scalar"`, `"avx2"`, `"avx512"` or `"neon"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+            Self::Neon => "neon",
+        }
+    }
 }
 
 impl std::fmt::Display for SimdLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Scalar => "scalar",
-            Self::Avx2 => "avx2",
-            Self::Avx512 => "avx512",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for SimdLevel {
     type Err = ModelError;
+
+    /// The [`SimdLevel::name`]s, and `x86-64-v3` / `x86-64-v4` (or `v3`,
+    /// `v4`) for the x86 levels; any case.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "scalar" => Ok(Self::Scalar),
-            "avx2" => Ok(Self::Avx2),
-            "avx512" => Ok(Self::Avx512),
-            other => Err(ModelError::Spec(format!(
-                "unknown instruction set `{other}`; expected one of: scalar, avx2, avx512"
-            ))),
-        }
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "scalar" => Self::Scalar,
+            "avx2" | "x86-64-v3" | "v3" => Self::Avx2,
+            "avx512" | "x86-64-v4" | "v4" => Self::Avx512,
+            "neon" => Self::Neon,
+            _ => {
+                return Err(ModelError::Spec(format!(
+                    "unknown SIMD level {s:?}: expected scalar, avx2, avx512 or neon"
+                )));
+            }
+        })
     }
 }
 
-/// The instruction set chosen for this process: the best the CPU has,
-/// lowered by `HESSFREE_SIMD=scalar|avx2` if set.
+/// The instruction set the kernels use by default: the best this CPU has
+/// ([`SimdLevel::best`]). To run another, pass it to
+/// [`FusedSoftmax::with_simd_level`].
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let best = detect();
-        match std::env::var("HESSFREE_SIMD").as_deref() {
-            Ok("scalar") => SimdLevel::Scalar,
-            Ok("avx2") => best.min(SimdLevel::Avx2),
-            _ => best,
-        }
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect() -> SimdLevel {
-    if is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-    {
-        SimdLevel::Avx512
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        SimdLevel::Avx2
-    } else {
-        SimdLevel::Scalar
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> SimdLevel {
-    SimdLevel::Scalar
+    *LEVEL.get_or_init(SimdLevel::best)
 }
 
 /// The inputs `X`, `[rows, inputs]` row-major.
@@ -342,12 +387,25 @@ impl FusedSoftmax {
         })
     }
 
-    /// Runs the kernels with `level` (or the best the CPU has, if lower).
-    pub fn with_simd_level(mut self, level: SimdLevel) -> Self {
-        self.level = level.min(detect());
-        self
+    /// Runs the kernels with `level` instead of the best the CPU has (for
+    /// tests and benchmarks, or for results that match another machine's);
+    /// an error if this CPU cannot run it.
+    pub fn with_simd_level(mut self, level: SimdLevel) -> Result<Self> {
+        if !level.is_available() {
+            return Err(ModelError::Unsupported(format!(
+                "SIMD level {level} is not available on this CPU (it has: {})",
+                SimdLevel::available()
+                    .iter()
+                    .map(|l| l.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.level = level;
+        Ok(self)
     }
 
+    /// The instruction set the kernels run with.
     pub fn simd_level(&self) -> SimdLevel {
         self.level
     }
@@ -1078,6 +1136,9 @@ pub struct SoftmaxHvpOp {
     pub x_scale: f64,
     /// Multiplies the result (normally `1/n_total`).
     pub scale: f64,
+    /// CUDA blocks per launch; `None`: twice the multiprocessors. Ignored
+    /// on the CPU.
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp3 for SoftmaxHvpOp {
@@ -1150,6 +1211,8 @@ pub struct SoftmaxGradOp {
     pub bias: bool,
     pub x_scale: f64,
     pub scale: f64,
+    /// As for [`SoftmaxHvpOp::cuda_blocks`].
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp3 for SoftmaxGradOp {
@@ -1251,6 +1314,8 @@ pub struct SoftmaxProbsOp {
     pub classes: usize,
     pub bias: bool,
     pub x_scale: f64,
+    /// As for [`SoftmaxHvpOp::cuda_blocks`].
+    pub cuda_blocks: Option<usize>,
 }
 
 impl CustomOp2 for SoftmaxProbsOp {
@@ -1310,10 +1375,15 @@ mod kernel {
     use std::ops::Range;
     use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
+    use pulp::bytemuck::{self, Pod};
+    use pulp::{Simd, WithSimd};
+
     use super::{BLOCK_ROWS, KG, SimdLevel};
     use crate::error::{ModelError, Result};
 
-    /// The compute type of the fused kernels: `f32` or `f64`.
+    /// The compute type of the fused kernels: `f32` or `f64`, with its
+    /// vectors for each of pulp's instruction sets `M` (`M::f32s` or
+    /// `M::f64s`).
     pub trait Real:
         Copy
         + Send
@@ -1327,7 +1397,6 @@ mod kernel {
         + Mul<Output = Self>
         + Div<Output = Self>
         + AddAssign
-        + Dispatch
     {
         const ZERO: Self;
         const ONE: Self;
@@ -1340,20 +1409,80 @@ mod kernel {
         fn exp_poly(self) -> Self;
         fn ln(self) -> Self;
         fn max(self, other: Self) -> Self;
+
+        /// A vector register of `lanes::<M>()` values.
+        type V<M: Simd>: Copy;
+        fn lanes<M: Simd>() -> usize;
+        fn splat<M: Simd>(m: M, x: Self) -> Self::V<M>;
+        /// `a * b + c`: fused on the SIMD levels; pulp's `Scalar` multiplies
+        /// and adds (`mul_add_e`), as a CPU without FMA would have to.
+        fn fma<M: Simd>(m: M, a: Self::V<M>, b: Self::V<M>, c: Self::V<M>) -> Self::V<M>;
+        /// The sum of the lanes, in the fixed order of pulp's `reduce_sum`
+        /// (halves added pairwise, the same tree on every call).
+        fn hsum<M: Simd>(m: M, v: Self::V<M>) -> Self;
+        /// # Safety
+        /// `p` must point at `lanes::<M>()` readable values (any alignment).
+        unsafe fn load<M: Simd>(m: M, p: *const Self) -> Self::V<M>;
+        /// # Safety
+        /// As for [`Real::load`].
+        unsafe fn load_u8<M: Simd>(m: M, p: *const u8) -> Self::V<M>;
+        /// # Safety
+        /// As for [`Real::load`].
+        unsafe fn load_f32<M: Simd>(m: M, p: *const f32) -> Self::V<M>;
+        /// # Safety
+        /// As for [`Real::load`].
+        unsafe fn load_f64<M: Simd>(m: M, p: *const f64) -> Self::V<M>;
+        /// `p[0..L] += v` in `f64`.
+        ///
+        /// # Safety
+        /// `p` must point at `lanes::<M>()` writable values.
+        unsafe fn acc_f64<M: Simd>(m: M, p: *mut f64, v: Self::V<M>);
+    }
+
+    /// `L` values at `p`, converted one by one into the lanes of a vector:
+    /// the portable form of the widening and narrowing loads that pulp's
+    /// generic `Simd` has no operation for (`u8 → f32/f64`, `f32 ↔ f64`).
+    /// The loop has a constant trip count once `V` is known, and inside the
+    /// instruction set's `vectorize` LLVM compiles it to that set's vector
+    /// conversions (on x86 `vpmovzxbd` + `vcvtdq2ps`, `vcvtps2pd`, ...).
+    ///
+    /// # Safety
+    /// `p` must point at as many readable `X` as `V` has lanes of `E`.
+    #[inline(always)]
+    unsafe fn convert<V: Pod, E: Pod, X: Copy>(p: *const X, f: impl Fn(X) -> E) -> V {
+        let mut v = V::zeroed();
+        let lanes: &mut [E] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut v));
+        for (i, l) in lanes.iter_mut().enumerate() {
+            *l = f(unsafe { *p.add(i) });
+        }
+        v
+    }
+
+    /// `p[0..L] += v` lane by lane in `f64` (portable; vectorised as
+    /// [`convert`] is).
+    ///
+    /// # Safety
+    /// `p` must point at as many writable `f64` as `V` has lanes of `E`.
+    #[inline(always)]
+    unsafe fn acc_lanes<V: Pod, E: Pod + Into<f64>>(p: *mut f64, v: V) {
+        let lanes: &[E] = bytemuck::cast_slice(std::slice::from_ref(&v));
+        for (i, &l) in lanes.iter().enumerate() {
+            unsafe { *p.add(i) += l.into() };
+        }
     }
 
     /// Element types `X` may be stored in: `u8`, `f32`, `f64`.
     pub trait Pixel: Copy + Send + Sync + 'static {
         /// # Safety
-        /// `p` must point at `M::L` readable values.
-        unsafe fn load<M: Simd>(p: *const Self) -> M::V;
+        /// `p` must point at `T::lanes::<M>()` readable values.
+        unsafe fn load<M: Simd, T: Real>(m: M, p: *const Self) -> T::V<M>;
         fn get<T: Real>(self) -> T;
     }
 
     impl Pixel for u8 {
         #[inline(always)]
-        unsafe fn load<M: Simd>(p: *const Self) -> M::V {
-            unsafe { M::load_u8(p) }
+        unsafe fn load<M: Simd, T: Real>(m: M, p: *const Self) -> T::V<M> {
+            unsafe { T::load_u8(m, p) }
         }
         #[inline(always)]
         fn get<T: Real>(self) -> T {
@@ -1363,8 +1492,8 @@ mod kernel {
 
     impl Pixel for f32 {
         #[inline(always)]
-        unsafe fn load<M: Simd>(p: *const Self) -> M::V {
-            unsafe { M::load_f32(p) }
+        unsafe fn load<M: Simd, T: Real>(m: M, p: *const Self) -> T::V<M> {
+            unsafe { T::load_f32(m, p) }
         }
         #[inline(always)]
         fn get<T: Real>(self) -> T {
@@ -1374,304 +1503,14 @@ mod kernel {
 
     impl Pixel for f64 {
         #[inline(always)]
-        unsafe fn load<M: Simd>(p: *const Self) -> M::V {
-            unsafe { M::load_f64(p) }
+        unsafe fn load<M: Simd, T: Real>(m: M, p: *const Self) -> T::V<M> {
+            unsafe { T::load_f64(m, p) }
         }
         #[inline(always)]
         fn get<T: Real>(self) -> T {
             T::from_f64(self)
         }
     }
-
-    /// A vector register of `L` lanes of `T`.
-    ///
-    /// # Safety
-    /// Implementations use CPU features; the caller must only use them inside
-    /// a function compiled with (and a CPU that has) those features.
-    pub unsafe trait Simd {
-        type T: Real;
-        type V: Copy;
-        const L: usize;
-        unsafe fn zero() -> Self::V;
-        unsafe fn splat(x: Self::T) -> Self::V;
-        unsafe fn load(p: *const Self::T) -> Self::V;
-        unsafe fn load_u8(p: *const u8) -> Self::V;
-        unsafe fn load_f32(p: *const f32) -> Self::V;
-        unsafe fn load_f64(p: *const f64) -> Self::V;
-        /// `a * b + c`, fused where the instruction set has FMA.
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-        /// The sum of the lanes, in a fixed order.
-        unsafe fn hsum(v: Self::V) -> Self::T;
-        /// `p[0..L] += v` in `f64`.
-        unsafe fn acc_f64(p: *mut f64, v: Self::V);
-    }
-
-    /// Scalar fallback: one lane, no FMA.
-    pub struct Scalar<T>(std::marker::PhantomData<T>);
-
-    unsafe impl<T: Real> Simd for Scalar<T> {
-        type T = T;
-        type V = T;
-        const L: usize = 1;
-        #[inline(always)]
-        unsafe fn zero() -> T {
-            T::ZERO
-        }
-        #[inline(always)]
-        unsafe fn splat(x: T) -> T {
-            x
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const T) -> T {
-            unsafe { *p }
-        }
-        #[inline(always)]
-        unsafe fn load_u8(p: *const u8) -> T {
-            unsafe { T::from_u8(*p) }
-        }
-        #[inline(always)]
-        unsafe fn load_f32(p: *const f32) -> T {
-            unsafe { T::from_f32(*p) }
-        }
-        #[inline(always)]
-        unsafe fn load_f64(p: *const f64) -> T {
-            unsafe { T::from_f64(*p) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: T, b: T, c: T) -> T {
-            a * b + c
-        }
-        #[inline(always)]
-        unsafe fn hsum(v: T) -> T {
-            v
-        }
-        #[inline(always)]
-        unsafe fn acc_f64(p: *mut f64, v: T) {
-            unsafe { *p += v.to_f64() }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    mod x86 {
-        use std::arch::x86_64::*;
-
-        use super::Simd;
-
-        pub struct Avx512F32;
-        pub struct Avx512F64;
-        pub struct Avx2F32;
-        pub struct Avx2F64;
-
-        unsafe impl Simd for Avx512F32 {
-            type T = f32;
-            type V = __m512;
-            const L: usize = 16;
-            #[inline(always)]
-            unsafe fn zero() -> __m512 {
-                unsafe { _mm512_setzero_ps() }
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f32) -> __m512 {
-                unsafe { _mm512_set1_ps(x) }
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const f32) -> __m512 {
-                unsafe { _mm512_loadu_ps(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_u8(p: *const u8) -> __m512 {
-                unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))) }
-            }
-            #[inline(always)]
-            unsafe fn load_f32(p: *const f32) -> __m512 {
-                unsafe { _mm512_loadu_ps(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_f64(p: *const f64) -> __m512 {
-                unsafe {
-                    let lo = _mm512_cvtpd_ps(_mm512_loadu_pd(p));
-                    let hi = _mm512_cvtpd_ps(_mm512_loadu_pd(p.add(8)));
-                    let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
-                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
-                }
-            }
-            #[inline(always)]
-            unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-                unsafe { _mm512_fmadd_ps(a, b, c) }
-            }
-            #[inline(always)]
-            unsafe fn hsum(v: __m512) -> f32 {
-                unsafe {
-                    let lo = _mm512_castps512_ps256(v);
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                    Avx2F32::hsum(_mm256_add_ps(lo, hi))
-                }
-            }
-            #[inline(always)]
-            unsafe fn acc_f64(p: *mut f64, v: __m512) {
-                unsafe {
-                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-                    let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                        _mm512_castps_pd(v),
-                    )));
-                    _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
-                    _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), hi));
-                }
-            }
-        }
-
-        unsafe impl Simd for Avx512F64 {
-            type T = f64;
-            type V = __m512d;
-            const L: usize = 8;
-            #[inline(always)]
-            unsafe fn zero() -> __m512d {
-                unsafe { _mm512_setzero_pd() }
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f64) -> __m512d {
-                unsafe { _mm512_set1_pd(x) }
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const f64) -> __m512d {
-                unsafe { _mm512_loadu_pd(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_u8(p: *const u8) -> __m512d {
-                unsafe { _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))) }
-            }
-            #[inline(always)]
-            unsafe fn load_f32(p: *const f32) -> __m512d {
-                unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p)) }
-            }
-            #[inline(always)]
-            unsafe fn load_f64(p: *const f64) -> __m512d {
-                unsafe { _mm512_loadu_pd(p) }
-            }
-            #[inline(always)]
-            unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
-                unsafe { _mm512_fmadd_pd(a, b, c) }
-            }
-            #[inline(always)]
-            unsafe fn hsum(v: __m512d) -> f64 {
-                unsafe {
-                    let lo = _mm512_castpd512_pd256(v);
-                    let hi = _mm512_extractf64x4_pd::<1>(v);
-                    Avx2F64::hsum(_mm256_add_pd(lo, hi))
-                }
-            }
-            #[inline(always)]
-            unsafe fn acc_f64(p: *mut f64, v: __m512d) {
-                unsafe { _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), v)) }
-            }
-        }
-
-        unsafe impl Simd for Avx2F32 {
-            type T = f32;
-            type V = __m256;
-            const L: usize = 8;
-            #[inline(always)]
-            unsafe fn zero() -> __m256 {
-                unsafe { _mm256_setzero_ps() }
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f32) -> __m256 {
-                unsafe { _mm256_set1_ps(x) }
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const f32) -> __m256 {
-                unsafe { _mm256_loadu_ps(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_u8(p: *const u8) -> __m256 {
-                unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))) }
-            }
-            #[inline(always)]
-            unsafe fn load_f32(p: *const f32) -> __m256 {
-                unsafe { _mm256_loadu_ps(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_f64(p: *const f64) -> __m256 {
-                unsafe {
-                    let lo = _mm256_cvtpd_ps(_mm256_loadu_pd(p));
-                    let hi = _mm256_cvtpd_ps(_mm256_loadu_pd(p.add(4)));
-                    _mm256_set_m128(hi, lo)
-                }
-            }
-            #[inline(always)]
-            unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-                unsafe { _mm256_fmadd_ps(a, b, c) }
-            }
-            #[inline(always)]
-            unsafe fn hsum(v: __m256) -> f32 {
-                unsafe {
-                    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-                    _mm_cvtss_f32(s)
-                }
-            }
-            #[inline(always)]
-            unsafe fn acc_f64(p: *mut f64, v: __m256) {
-                unsafe {
-                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
-                    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), lo));
-                    _mm256_storeu_pd(p.add(4), _mm256_add_pd(_mm256_loadu_pd(p.add(4)), hi));
-                }
-            }
-        }
-
-        unsafe impl Simd for Avx2F64 {
-            type T = f64;
-            type V = __m256d;
-            const L: usize = 4;
-            #[inline(always)]
-            unsafe fn zero() -> __m256d {
-                unsafe { _mm256_setzero_pd() }
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f64) -> __m256d {
-                unsafe { _mm256_set1_pd(x) }
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const f64) -> __m256d {
-                unsafe { _mm256_loadu_pd(p) }
-            }
-            #[inline(always)]
-            unsafe fn load_u8(p: *const u8) -> __m256d {
-                unsafe {
-                    let four = _mm_cvtsi32_si128(p.cast::<i32>().read_unaligned());
-                    _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(four))
-                }
-            }
-            #[inline(always)]
-            unsafe fn load_f32(p: *const f32) -> __m256d {
-                unsafe { _mm256_cvtps_pd(_mm_loadu_ps(p)) }
-            }
-            #[inline(always)]
-            unsafe fn load_f64(p: *const f64) -> __m256d {
-                unsafe { _mm256_loadu_pd(p) }
-            }
-            #[inline(always)]
-            unsafe fn fma(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
-                unsafe { _mm256_fmadd_pd(a, b, c) }
-            }
-            #[inline(always)]
-            unsafe fn hsum(v: __m256d) -> f64 {
-                unsafe {
-                    let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
-                    let s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
-                    _mm_cvtsd_f64(s)
-                }
-            }
-            #[inline(always)]
-            unsafe fn acc_f64(p: *mut f64, v: __m256d) {
-                unsafe { _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v)) }
-            }
-        }
-    }
-
     /// Problem dimensions: `kp` is `k` padded to a multiple of [`KG`].
     pub struct Shape {
         pub rows: usize,
@@ -1877,7 +1716,7 @@ mod kernel {
         leaf: usize,
     ) -> Partial {
         if rows.len() <= leaf {
-            return T::leaf(job, rows, p_out, level);
+            return run_leaf(job, rows, p_out, level);
         }
         let mid = rows.start + rows.len() / 2;
         let (lo, hi) = match p_out {
@@ -1895,178 +1734,46 @@ mod kernel {
         a
     }
 
-    /// Instruction-set dispatch for one compute type.
-    pub trait Dispatch: Sized {
-        fn leaf<S: Pixel>(
-            job: &Job<'_, S, Self>,
-            rows: Range<usize>,
-            p_out: Option<&mut [Self]>,
-            level: SimdLevel,
-        ) -> Partial;
-    }
-
-    macro_rules! dispatch {
-        ($t:ty, $avx512:ident, $avx2:ident) => {
-            impl Dispatch for $t {
-                fn leaf<S: Pixel>(
-                    job: &Job<'_, S, Self>,
-                    rows: Range<usize>,
-                    p_out: Option<&mut [Self]>,
-                    level: SimdLevel,
-                ) -> Partial {
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        #[target_feature(enable = "avx512f,avx2,fma")]
-                        unsafe fn avx512<S: Pixel>(
-                            job: &Job<'_, S, $t>,
-                            rows: Range<usize>,
-                            p_out: Option<&mut [$t]>,
-                        ) -> Partial {
-                            unsafe { leaf_impl::<x86::$avx512, S>(job, rows, p_out) }
-                        }
-                        #[target_feature(enable = "avx2,fma")]
-                        unsafe fn avx2<S: Pixel>(
-                            job: &Job<'_, S, $t>,
-                            rows: Range<usize>,
-                            p_out: Option<&mut [$t]>,
-                        ) -> Partial {
-                            unsafe { leaf_impl::<x86::$avx2, S>(job, rows, p_out) }
-                        }
-                        match level {
-                            // SAFETY: `simd_level` only reports what the CPU has.
-                            SimdLevel::Avx512 => return unsafe { avx512(job, rows, p_out) },
-                            SimdLevel::Avx2 => return unsafe { avx2(job, rows, p_out) },
-                            SimdLevel::Scalar => {}
-                        }
-                    }
-                    let _ = level;
-                    // SAFETY: the scalar "vectors" need no CPU feature.
-                    unsafe { leaf_impl::<Scalar<$t>, S>(job, rows, p_out) }
+    /// One leaf at `level`: pulp's token for that instruction set, then
+    /// [`leaf_impl`] generic over it. A level the CPU lacks is refused when a
+    /// [`super::FusedSoftmax`] is set up; should one get here anyway, it runs
+    /// the scalar code rather than instructions the CPU does not have.
+    fn run_leaf<S: Pixel, T: Real>(
+        job: &Job<'_, S, T>,
+        rows: Range<usize>,
+        p_out: Option<&mut [T]>,
+        level: SimdLevel,
+    ) -> Partial {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                if let Some(m) = pulp::x86::V4::try_new() {
+                    return leaf_impl(m, job, rows, p_out);
                 }
             }
-        };
-    }
-
-    dispatch!(f32, Avx512F32, Avx2F32);
-    dispatch!(f64, Avx512F64, Avx2F64);
-
-    /// The two hot loops of a block, compiled as separate functions per
-    /// instruction set so that the register allocator sees one loop nest at
-    /// a time (inlined into the leaf, the tiles' accumulators were spilled).
-    ///
-    /// # Safety
-    /// As for [`Simd`].
-    pub unsafe trait Blocks: Simd {
-        unsafe fn forward_block<S: Pixel>(
-            job: &Job<'_, S, Self::T>,
-            b0: usize,
-            nb: usize,
-            z: &mut [Self::T],
-        );
-        unsafe fn backward_block<S: Pixel>(
-            job: &Job<'_, S, Self::T>,
-            b0: usize,
-            nb: usize,
-            r: &[Self::T],
-            acc: &mut [f64],
-        );
-    }
-
-    /// `blocks!(type, forward rows per tile, forward classes per tile,
-    /// backward vectors per tile, backward classes per tile, features)`.
-    macro_rules! blocks {
-        ($m:ty, $fr:expr, $fc:expr, $bj:expr, $bc:expr $(, $feat:literal)?) => {
-            unsafe impl Blocks for $m {
-                #[inline(always)]
-                unsafe fn forward_block<S: Pixel>(
-                    job: &Job<'_, S, Self::T>,
-                    b0: usize,
-                    nb: usize,
-                    z: &mut [Self::T],
-                ) {
-                    $(#[target_feature(enable = $feat)])?
-                    #[inline(never)]
-                    unsafe fn block<S: Pixel>(
-                        job: &Job<'_, S, <$m as Simd>::T>,
-                        b0: usize,
-                        nb: usize,
-                        z: &mut [<$m as Simd>::T],
-                    ) {
-                        unsafe { forward::<$m, S, $fr, $fc>(job, b0, nb, z) }
-                    }
-                    unsafe { block(job, b0, nb, z) }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                if let Some(m) = pulp::x86::V3::try_new() {
+                    return leaf_impl(m, job, rows, p_out);
                 }
-
-                #[inline(always)]
-                unsafe fn backward_block<S: Pixel>(
-                    job: &Job<'_, S, Self::T>,
-                    b0: usize,
-                    nb: usize,
-                    r: &[Self::T],
-                    acc: &mut [f64],
-                ) {
-                    $(#[target_feature(enable = $feat)])?
-                    #[inline(never)]
-                    unsafe fn block<S: Pixel>(
-                        job: &Job<'_, S, <$m as Simd>::T>,
-                        b0: usize,
-                        nb: usize,
-                        r: &[<$m as Simd>::T],
-                        acc: &mut [f64],
-                    ) {
-                        unsafe { backward::<$m, S, $bj, $bc>(job, b0, nb, r, acc) }
-                    }
-                    unsafe { block(job, b0, nb, r, acc) }
-                }
-
             }
-        };
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => {
+                if let Some(m) = pulp::aarch64::Neon::try_new() {
+                    return leaf_impl(m, job, rows, p_out);
+                }
+            }
+            _ => {}
+        }
+        leaf_impl(pulp::Scalar::new(), job, rows, p_out)
     }
-
-    blocks!(Scalar<f32>, 1, KG, 1, KG);
-    blocks!(Scalar<f64>, 1, KG, 1, KG);
-    #[cfg(target_arch = "x86_64")]
-    blocks!(
-        x86::Avx512F32,
-        FWD_ROWS,
-        FWD_CLASSES,
-        BWD_CHUNKS,
-        BWD_CLASSES,
-        "avx512f,avx2,fma"
-    );
-    #[cfg(target_arch = "x86_64")]
-    blocks!(
-        x86::Avx512F64,
-        FWD_ROWS,
-        FWD_CLASSES,
-        BWD_CHUNKS,
-        BWD_CLASSES,
-        "avx512f,avx2,fma"
-    );
-    #[cfg(target_arch = "x86_64")]
-    blocks!(
-        x86::Avx2F32,
-        FWD_ROWS,
-        FWD_CLASSES,
-        BWD_CHUNKS,
-        BWD_CLASSES,
-        "avx2,fma"
-    );
-    #[cfg(target_arch = "x86_64")]
-    blocks!(
-        x86::Avx2F64,
-        FWD_ROWS,
-        FWD_CLASSES,
-        BWD_CHUNKS,
-        BWD_CLASSES,
-        "avx2,fma"
-    );
 
     // Register tiles, measured on Zen 5 (AVX-512): 2 rows x 5 classes in the
     // forward (10 accumulators, 7 loads per 10 FMAs) and 5 classes x 2
     // vectors in the backward (10 accumulators, 7 loads per 10 FMAs). Tiles
     // of 20 accumulators should be better still on paper, but LLVM then
     // allocated only 19 of the 32 vector registers and spilled in the loop.
+    // The scalar level uses 1 row (1 vector) x all 10 classes.
     const FWD_ROWS: usize = 2;
     const FWD_CLASSES: usize = 5;
     const BWD_CHUNKS: usize = 2;
@@ -2077,42 +1784,180 @@ mod kernel {
     const PREFETCH_IN_FORWARD: bool = true;
 
     /// One leaf: its rows in blocks of [`BLOCK_ROWS`].
-    #[inline(always)]
-    unsafe fn leaf_impl<M: Blocks, S: Pixel>(
-        job: &Job<'_, S, M::T>,
+    ///
+    /// This loop itself is compiled without the instruction set's features;
+    /// each block's three steps enter them through pulp's `vectorize`, which
+    /// is a `#[target_feature]` function that LLVM cannot inline into a
+    /// caller lacking those features. So the forward and the backward loop
+    /// nests are compiled as separate functions, and the register allocator
+    /// sees one at a time (inlined together, the tiles' accumulators were
+    /// spilled). The `#[inline(never)]` wrappers do the same for the scalar
+    /// level, whose `vectorize` is a plain call.
+    fn leaf_impl<M: Simd, S: Pixel, T: Real>(
+        m: M,
+        job: &Job<'_, S, T>,
         rows: Range<usize>,
-        mut p_out: Option<&mut [M::T]>,
+        mut p_out: Option<&mut [T]>,
     ) -> Partial {
         let kp = job.kp;
         let back = job.mode.backward();
         let mut part = Partial::new(if back { kp * job.d } else { 0 }, kp);
-        let zero = <M::T as Real>::ZERO;
-        let mut z = vec![zero; BLOCK_ROWS * kp];
-        let mut r = vec![zero; BLOCK_ROWS * kp];
+        let mut z = vec![T::ZERO; BLOCK_ROWS * kp];
+        let mut r = vec![T::ZERO; BLOCK_ROWS * kp];
         let mut b0 = rows.start;
         while b0 < rows.end {
             let nb = BLOCK_ROWS.min(rows.end - b0);
-            unsafe { M::forward_block(job, b0, nb, &mut z) };
+            forward_block(m, job, b0, nb, &mut z);
             let out = p_out.as_deref_mut().map(|p| {
                 let o = (b0 - rows.start) * job.k;
                 &mut p[o..o + nb * job.k]
             });
-            rowwise(job, b0, nb, &mut z, &mut r, out, &mut part);
+            rowwise_block(m, job, b0, nb, &mut z, &mut r, out, &mut part);
             if back {
-                unsafe { M::backward_block(job, b0, nb, &r, &mut part.acc) };
+                backward_block(m, job, b0, nb, &r, &mut part.acc);
             }
             b0 += nb;
         }
         part
     }
 
-    /// `z[i, c] = xscale · Σ_j X[b0+i, j] vt[c, j] + vb[c]` for the block.
-    #[inline(always)]
-    unsafe fn forward<M: Simd, S: Pixel, const FR: usize, const FC: usize>(
-        job: &Job<'_, S, M::T>,
+    #[inline(never)]
+    fn forward_block<M: Simd, S: Pixel, T: Real>(
+        m: M,
+        job: &Job<'_, S, T>,
         b0: usize,
         nb: usize,
-        z: &mut [M::T],
+        z: &mut [T],
+    ) {
+        struct Op<'a, 'j, S, T> {
+            job: &'a Job<'j, S, T>,
+            b0: usize,
+            nb: usize,
+            z: &'a mut [T],
+        }
+        impl<S: Pixel, T: Real> WithSimd for Op<'_, '_, S, T> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<M: Simd>(self, m: M) {
+                let Op { job, b0, nb, z } = self;
+                // SAFETY: `XSlice::run` checked the lengths of X and V
+                // against the shape; `z` holds a block of `kp`-wide rows.
+                unsafe {
+                    if T::lanes::<M>() == 1 {
+                        forward::<M, S, T, 1, KG>(m, job, b0, nb, z)
+                    } else {
+                        forward::<M, S, T, FWD_ROWS, FWD_CLASSES>(m, job, b0, nb, z)
+                    }
+                }
+            }
+        }
+        m.vectorize(Op { job, b0, nb, z })
+    }
+
+    /// The per-row softmax work, under the instruction set's features so
+    /// that LLVM vectorises the block's `exp` with them (plain IEEE
+    /// arithmetic without contraction, so every level rounds alike).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn rowwise_block<M: Simd, S: Pixel, T: Real>(
+        m: M,
+        job: &Job<'_, S, T>,
+        b0: usize,
+        nb: usize,
+        z: &mut [T],
+        r: &mut [T],
+        p_out: Option<&mut [T]>,
+        part: &mut Partial,
+    ) {
+        struct Op<'a, 'j, S, T> {
+            job: &'a Job<'j, S, T>,
+            b0: usize,
+            nb: usize,
+            z: &'a mut [T],
+            r: &'a mut [T],
+            p_out: Option<&'a mut [T]>,
+            part: &'a mut Partial,
+        }
+        impl<S: Pixel, T: Real> WithSimd for Op<'_, '_, S, T> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<M: Simd>(self, _: M) {
+                let Op {
+                    job,
+                    b0,
+                    nb,
+                    z,
+                    r,
+                    p_out,
+                    part,
+                } = self;
+                rowwise(job, b0, nb, z, r, p_out, part)
+            }
+        }
+        m.vectorize(Op {
+            job,
+            b0,
+            nb,
+            z,
+            r,
+            p_out,
+            part,
+        })
+    }
+
+    #[inline(never)]
+    fn backward_block<M: Simd, S: Pixel, T: Real>(
+        m: M,
+        job: &Job<'_, S, T>,
+        b0: usize,
+        nb: usize,
+        r: &[T],
+        acc: &mut [f64],
+    ) {
+        struct Op<'a, 'j, S, T> {
+            job: &'a Job<'j, S, T>,
+            b0: usize,
+            nb: usize,
+            r: &'a [T],
+            acc: &'a mut [f64],
+        }
+        impl<S: Pixel, T: Real> WithSimd for Op<'_, '_, S, T> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<M: Simd>(self, m: M) {
+                let Op {
+                    job,
+                    b0,
+                    nb,
+                    r,
+                    acc,
+                } = self;
+                // SAFETY: as in `forward_block`; `acc` is `[kp, d]`.
+                unsafe {
+                    if T::lanes::<M>() == 1 {
+                        backward::<M, S, T, 1, KG>(m, job, b0, nb, r, acc)
+                    } else {
+                        backward::<M, S, T, BWD_CHUNKS, BWD_CLASSES>(m, job, b0, nb, r, acc)
+                    }
+                }
+            }
+        }
+        m.vectorize(Op {
+            job,
+            b0,
+            nb,
+            r,
+            acc,
+        })
+    }
+    /// `z[i, c] = xscale · Σ_j X[b0+i, j] vt[c, j] + vb[c]` for the block.
+    #[inline(always)]
+    unsafe fn forward<M: Simd, S: Pixel, T: Real, const FR: usize, const FC: usize>(
+        m: M,
+        job: &Job<'_, S, T>,
+        b0: usize,
+        nb: usize,
+        z: &mut [T],
     ) {
         let (d, kp) = (job.d, job.kp);
         let x = job.x.as_ptr();
@@ -2122,14 +1967,14 @@ mod kernel {
             while i + FR <= nb {
                 let xp: [*const S; FR] =
                     std::array::from_fn(|r| unsafe { x.add((b0 + i + r) * d) });
-                let out = unsafe { fwd_tile::<M, S, FR, FC>(xp, vt, job) };
+                let out = unsafe { fwd_tile::<M, S, T, FR, FC>(m, xp, vt, job) };
                 for (r, o) in out.iter().enumerate() {
                     store_z(job, &mut z[(i + r) * kp + g..][..FC], o, g);
                 }
                 i += FR;
             }
             while i < nb {
-                let out = unsafe { fwd_tile::<M, S, 1, FC>([x.add((b0 + i) * d)], vt, job) };
+                let out = unsafe { fwd_tile::<M, S, T, 1, FC>(m, [x.add((b0 + i) * d)], vt, job) };
                 store_z(job, &mut z[i * kp + g..][..FC], &out[0], g);
                 i += 1;
             }
@@ -2146,22 +1991,23 @@ mod kernel {
 
     /// Dot products of `R` rows of `X` with `C` class columns.
     #[inline(always)]
-    unsafe fn fwd_tile<M: Simd, S: Pixel, const R: usize, const C: usize>(
+    unsafe fn fwd_tile<M: Simd, S: Pixel, T: Real, const R: usize, const C: usize>(
+        m: M,
         xp: [*const S; R],
-        vt: *const M::T,
-        job: &Job<'_, S, M::T>,
-    ) -> [[M::T; C]; R] {
+        vt: *const T,
+        job: &Job<'_, S, T>,
+    ) -> [[T; C]; R] {
         unsafe {
             let (d, dv, pre) = (job.d, job.dv, job.pre);
-            let nch = (d - pre) / M::L;
+            let nch = (d - pre) / T::lanes::<M>();
             // Without a backward half to hide it behind, prefetch the row one
             // block ahead, line by line, as this one is read.
             let ahead = BLOCK_ROWS * d;
             let prefetch = PREFETCH_IN_FORWARD || !job.mode.backward();
             let end = job.x.as_ptr_range().end as usize;
-            let mut acc = [[M::zero(); C]; R];
+            let mut acc = [[T::splat(m, T::ZERO); C]; R];
             for ch in 0..nch {
-                let off = pre + ch * M::L;
+                let off = pre + ch * T::lanes::<M>();
                 if prefetch {
                     for p in xp {
                         let q = p.wrapping_add(off + ahead);
@@ -2170,23 +2016,23 @@ mod kernel {
                         }
                     }
                 }
-                let xv: [M::V; R] = std::array::from_fn(|r| S::load::<M>(xp[r].add(off)));
+                let xv: [T::V<M>; R] = std::array::from_fn(|r| S::load::<M, T>(m, xp[r].add(off)));
                 for c in 0..C {
-                    let v = M::load(vt.add(c * dv + off));
+                    let v = T::load(m, vt.add(c * dv + off));
                     for r in 0..R {
-                        acc[r][c] = M::fma(xv[r], v, acc[r][c]);
+                        acc[r][c] = T::fma(m, xv[r], v, acc[r][c]);
                     }
                 }
             }
-            let mut out = [[<M::T as Real>::ZERO; C]; R];
+            let mut out = [[T::ZERO; C]; R];
             for r in 0..R {
                 for c in 0..C {
-                    out[r][c] = M::hsum(acc[r][c]);
+                    out[r][c] = T::hsum(m, acc[r][c]);
                 }
             }
-            for j in (0..pre).chain(pre + nch * M::L..d) {
+            for j in (0..pre).chain(pre + nch * T::lanes::<M>()..d) {
                 for r in 0..R {
-                    let xj: M::T = (*xp[r].add(j)).get();
+                    let xj: T = (*xp[r].add(j)).get();
                     for c in 0..C {
                         out[r][c] += xj * *vt.add(c * dv + j);
                     }
@@ -2299,15 +2145,16 @@ mod kernel {
 
     /// `acc[c, j] += Σ_i X[b0+i, j] r[i, c]` for the block.
     #[inline(always)]
-    unsafe fn backward<M: Simd, S: Pixel, const BJ: usize, const BC: usize>(
-        job: &Job<'_, S, M::T>,
+    unsafe fn backward<M: Simd, S: Pixel, T: Real, const BJ: usize, const BC: usize>(
+        m: M,
+        job: &Job<'_, S, T>,
         b0: usize,
         nb: usize,
-        r: &[M::T],
+        r: &[T],
         acc: &mut [f64],
     ) {
         let (d, kp, pre) = (job.d, job.kp, job.pre);
-        let nch = (d - pre) / M::L;
+        let nch = (d - pre) / T::lanes::<M>();
         // While this block's tiles run from L2, pull the next block of X
         // into L2, spread evenly over the tiles' row iterations.
         let mut pf = Prefetch::next_block(job, b0 + nb);
@@ -2318,19 +2165,19 @@ mod kernel {
                 let ag = acc.as_mut_ptr().add(g * d);
                 let mut ch = 0;
                 while ch + BJ <= nch {
-                    let c0 = pre + ch * M::L;
-                    bwd_tile::<M, S, BJ, BC>(x.add(c0), d, nb, rg, kp, ag.add(c0), &mut pf);
+                    let c0 = pre + ch * T::lanes::<M>();
+                    bwd_tile::<M, S, T, BJ, BC>(m, x.add(c0), d, nb, rg, kp, ag.add(c0), &mut pf);
                     ch += BJ;
                 }
                 while ch < nch {
-                    let c0 = pre + ch * M::L;
-                    bwd_tile::<M, S, 1, KG>(x.add(c0), d, nb, rg, kp, ag.add(c0), &mut pf);
+                    let c0 = pre + ch * T::lanes::<M>();
+                    bwd_tile::<M, S, T, 1, KG>(m, x.add(c0), d, nb, rg, kp, ag.add(c0), &mut pf);
                     ch += 1;
                 }
-                for j in (0..pre).chain(pre + nch * M::L..d) {
-                    let mut s = [<M::T as Real>::ZERO; KG];
+                for j in (0..pre).chain(pre + nch * T::lanes::<M>()..d) {
+                    let mut s = [T::ZERO; KG];
                     for i in 0..nb {
-                        let xij: M::T = (*x.add(i * d + j)).get();
+                        let xij: T = (*x.add(i * d + j)).get();
                         for c in 0..KG {
                             s[c] += xij * *rg.add(i * kp + c);
                         }
@@ -2389,33 +2236,36 @@ mod kernel {
 
     /// A `KG x (J·L)` tile of `XᵀR` held in registers across the block.
     #[inline(always)]
-    unsafe fn bwd_tile<M: Simd, S: Pixel, const J: usize, const C: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn bwd_tile<M: Simd, S: Pixel, T: Real, const J: usize, const C: usize>(
+        m: M,
         x: *const S,
         d: usize,
         nb: usize,
-        r: *const M::T,
+        r: *const T,
         kp: usize,
         acc: *mut f64,
         pf: &mut Prefetch,
     ) {
         unsafe {
             for h in (0..KG).step_by(C) {
-                let mut a = [[M::zero(); J]; C];
+                let mut a = [[T::splat(m, T::ZERO); J]; C];
                 for i in 0..nb {
                     pf.step();
                     let row = x.add(i * d);
-                    let xv: [M::V; J] = std::array::from_fn(|jj| S::load::<M>(row.add(jj * M::L)));
+                    let xv: [T::V<M>; J] =
+                        std::array::from_fn(|jj| S::load::<M, T>(m, row.add(jj * T::lanes::<M>())));
                     let ri = r.add(i * kp + h);
                     for c in 0..C {
-                        let s = M::splat(*ri.add(c));
+                        let s = T::splat(m, *ri.add(c));
                         for jj in 0..J {
-                            a[c][jj] = M::fma(xv[jj], s, a[c][jj]);
+                            a[c][jj] = T::fma(m, xv[jj], s, a[c][jj]);
                         }
                     }
                 }
                 for c in 0..C {
                     for jj in 0..J {
-                        M::acc_f64(acc.add((h + c) * d + jj * M::L), a[c][jj]);
+                        T::acc_f64(m, acc.add((h + c) * d + jj * T::lanes::<M>()), a[c][jj]);
                     }
                 }
             }
@@ -2466,6 +2316,43 @@ mod kernel {
         #[inline(always)]
         fn max(self, other: Self) -> Self {
             if other > self { other } else { self }
+        }
+        type V<M: Simd> = M::f32s;
+        #[inline(always)]
+        fn lanes<M: Simd>() -> usize {
+            M::F32_LANES
+        }
+        #[inline(always)]
+        fn splat<M: Simd>(m: M, x: f32) -> M::f32s {
+            m.splat_f32s(x)
+        }
+        #[inline(always)]
+        fn fma<M: Simd>(m: M, a: M::f32s, b: M::f32s, c: M::f32s) -> M::f32s {
+            m.mul_add_e_f32s(a, b, c)
+        }
+        #[inline(always)]
+        fn hsum<M: Simd>(m: M, v: M::f32s) -> f32 {
+            m.reduce_sum_f32s(v)
+        }
+        #[inline(always)]
+        unsafe fn load<M: Simd>(_: M, p: *const f32) -> M::f32s {
+            unsafe { p.cast::<M::f32s>().read_unaligned() }
+        }
+        #[inline(always)]
+        unsafe fn load_u8<M: Simd>(_: M, p: *const u8) -> M::f32s {
+            unsafe { convert(p, f32::from) }
+        }
+        #[inline(always)]
+        unsafe fn load_f32<M: Simd>(m: M, p: *const f32) -> M::f32s {
+            unsafe { <Self as Real>::load(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn load_f64<M: Simd>(_: M, p: *const f64) -> M::f32s {
+            unsafe { convert(p, |x: f64| x as f32) }
+        }
+        #[inline(always)]
+        unsafe fn acc_f64<M: Simd>(_: M, p: *mut f64, v: M::f32s) {
+            unsafe { acc_lanes::<_, f32>(p, v) }
         }
     }
 
@@ -2529,6 +2416,46 @@ mod kernel {
         #[inline(always)]
         fn max(self, other: Self) -> Self {
             if other > self { other } else { self }
+        }
+        type V<M: Simd> = M::f64s;
+        #[inline(always)]
+        fn lanes<M: Simd>() -> usize {
+            M::F64_LANES
+        }
+        #[inline(always)]
+        fn splat<M: Simd>(m: M, x: f64) -> M::f64s {
+            m.splat_f64s(x)
+        }
+        #[inline(always)]
+        fn fma<M: Simd>(m: M, a: M::f64s, b: M::f64s, c: M::f64s) -> M::f64s {
+            m.mul_add_e_f64s(a, b, c)
+        }
+        #[inline(always)]
+        fn hsum<M: Simd>(m: M, v: M::f64s) -> f64 {
+            m.reduce_sum_f64s(v)
+        }
+        #[inline(always)]
+        unsafe fn load<M: Simd>(_: M, p: *const f64) -> M::f64s {
+            unsafe { p.cast::<M::f64s>().read_unaligned() }
+        }
+        #[inline(always)]
+        unsafe fn load_u8<M: Simd>(_: M, p: *const u8) -> M::f64s {
+            unsafe { convert(p, f64::from) }
+        }
+        #[inline(always)]
+        unsafe fn load_f32<M: Simd>(_: M, p: *const f32) -> M::f64s {
+            unsafe { convert(p, f64::from) }
+        }
+        #[inline(always)]
+        unsafe fn load_f64<M: Simd>(m: M, p: *const f64) -> M::f64s {
+            unsafe { <Self as Real>::load(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn acc_f64<M: Simd>(m: M, p: *mut f64, v: M::f64s) {
+            unsafe {
+                let q = p.cast::<M::f64s>();
+                q.write_unaligned(m.add_f64s(q.read_unaligned(), v));
+            }
         }
     }
 }

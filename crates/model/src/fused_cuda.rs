@@ -15,7 +15,8 @@
 //! sums, then a reduction that adds them in block order in `f64` and scales
 //! by `1/n` (the probabilities need only the first two). No atomics, so results are
 //! bit-identical between runs on one GPU. The number of blocks is twice the
-//! number of multiprocessors, or `HESSFREE_CUDA_BLOCKS` (for benchmarks).
+//! number of multiprocessors, or the ops' `cuda_blocks` when set (for
+//! benchmarks: [`crate::fused_ops::FusedOps::with_cuda_blocks`]).
 //!
 //! The kernels' logic is tested on the CPU by `tests/fused_cuda_emulated.rs`,
 //! which runs the same source under a small emulation of CUDA's thread model.
@@ -180,16 +181,22 @@ fn elementwise(len: usize) -> LaunchConfig {
     }
 }
 
-/// The block count: `2 x SMs` (or `HESSFREE_CUDA_BLOCKS`), at most one per
-/// tile of rows. The kernels spread the tiles evenly over the blocks.
-fn partition<T: Real>(dev: &CudaDevice, n: usize) -> candle_core::Result<usize> {
-    let target = match std::env::var("HESSFREE_CUDA_BLOCKS") {
-        Ok(v) => v.parse::<usize>().ok().filter(|&b| b > 0).ok_or_else(|| {
-            err(format!(
-                "HESSFREE_CUDA_BLOCKS={v:?}: expected a positive integer"
-            ))
-        })?,
-        Err(_) => {
+/// The block count: `2 x SMs` (or `blocks`, the op's `cuda_blocks`), at
+/// most one per tile of rows. The kernels spread the tiles evenly over the
+/// blocks.
+fn partition<T: Real>(
+    dev: &CudaDevice,
+    n: usize,
+    blocks: Option<usize>,
+) -> candle_core::Result<usize> {
+    let target = match blocks {
+        Some(0) => {
+            return Err(err(
+                "fused softmax: cuda_blocks must be positive, got 0".into()
+            ));
+        }
+        Some(b) => b,
+        None => {
             let sms = dev
                 .cuda_stream()
                 .context()
@@ -249,6 +256,7 @@ impl<T: Real> Pass<T> {
         dev: &CudaDevice,
         (x, n, d): (&XView<'_>, usize, usize),
         (k, bias, x_scale): (usize, bool, f64),
+        cuda_blocks: Option<usize>,
         theta: &CudaView<'_, T>,
         kernel: &str,
     ) -> candle_core::Result<Self> {
@@ -264,7 +272,7 @@ impl<T: Real> Pass<T> {
         }
         check_theta_len(theta.len(), d, k, bias, what)?;
         let module = Module::new::<T>(x, d, k, bias);
-        let blocks = partition::<T>(dev, n)?;
+        let blocks = partition::<T>(dev, n, cuda_blocks)?;
         let func = module.function(dev, kernel)?;
         // SAFETY: fused_transpose writes all d*k values.
         let mut vt = unsafe { dev.alloc::<T>(d * k)? };
@@ -330,7 +338,7 @@ fn hvp_typed<T: Real>(
     v: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, v, "fused_hvp")?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, op.cuda_blocks, v, "fused_hvp")?;
     // SAFETY: every block writes its whole slot.
     let mut partial = unsafe { dev.alloc::<T>(pass.blocks * (v.len() + 1))? };
     let stream = dev.cuda_stream();
@@ -406,7 +414,7 @@ fn grad_typed<T: Real>(
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, w, "fused_grad")?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, op.cuda_blocks, w, "fused_grad")?;
     let nout = w.len() + 1;
     // SAFETY: every block writes its whole slot.
     let mut partial = unsafe { dev.alloc::<T>(pass.blocks * nout)? };
@@ -505,7 +513,7 @@ fn probs_typed<T: Real>(
     w: &CudaView<'_, T>,
 ) -> candle_core::Result<CudaSlice<T>> {
     let shape = (op.classes, op.bias, op.x_scale);
-    let pass = Pass::<T>::new(dev, (x, n, d), shape, w, "fused_probs")?;
+    let pass = Pass::<T>::new(dev, (x, n, d), shape, op.cuda_blocks, w, "fused_probs")?;
     // SAFETY: fused_probs writes all n*K probabilities.
     let mut out = unsafe { dev.alloc::<T>(n * op.classes)? };
     let stream = dev.cuda_stream();

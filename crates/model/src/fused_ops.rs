@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::fused::{
     FusedProducts, SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp, Targets, XStorage, batch_bytes,
     batch_targets,
@@ -28,6 +28,7 @@ pub struct FusedOps {
     x_scale: f64,
     classes: usize,
     rows: usize,
+    cuda_blocks: Option<usize>,
 }
 
 impl FusedOps {
@@ -59,7 +60,26 @@ impl FusedOps {
             x_scale,
             classes,
             rows,
+            cuda_blocks: None,
         })
+    }
+
+    /// CUDA blocks per launch of the pass kernels, instead of the default
+    /// (twice the multiprocessors; `None` restores it). Only the CUDA
+    /// kernels use it; an error if zero.
+    pub fn with_cuda_blocks(mut self, blocks: Option<usize>) -> Result<Self> {
+        if blocks == Some(0) {
+            return Err(ModelError::Spec(
+                "cuda_blocks must be positive, got 0".into(),
+            ));
+        }
+        self.cuda_blocks = blocks;
+        Ok(self)
+    }
+
+    /// The CUDA block count set by [`Self::with_cuda_blocks`].
+    pub fn cuda_blocks(&self) -> Option<usize> {
+        self.cuda_blocks
     }
 
     fn grad_op(&self, bias: bool) -> SoftmaxGradOp {
@@ -68,6 +88,7 @@ impl FusedOps {
             bias,
             x_scale: self.x_scale,
             scale: 1.0 / self.rows as f64,
+            cuda_blocks: self.cuda_blocks,
         }
     }
 }
@@ -95,6 +116,7 @@ impl FusedProducts for FusedOps {
             classes: self.classes,
             bias,
             x_scale: self.x_scale,
+            cuda_blocks: self.cuda_blocks,
         };
         Ok(self.x.apply_op2_no_bwd(&theta.contiguous()?, &op)?)
     }
@@ -105,6 +127,7 @@ impl FusedProducts for FusedOps {
             bias,
             x_scale: self.x_scale,
             scale: 1.0 / self.rows as f64,
+            cuda_blocks: self.cuda_blocks,
         };
         Ok(self
             .x

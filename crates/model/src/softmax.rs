@@ -96,6 +96,9 @@ pub struct KernelOptions {
     pub storage: XStorage,
     /// The fused CPU kernel's instruction set; `None`: the best the CPU has.
     pub simd: Option<SimdLevel>,
+    /// Thread blocks of the CUDA kernels; `None`: twice the multiprocessors.
+    /// Results repeat bit for bit for a given count.
+    pub cuda_blocks: Option<usize>,
 }
 
 impl KernelOptions {
@@ -121,6 +124,7 @@ pub struct SoftmaxObjective {
     reg: Arc<Regularizer>,
     kernel: SoftmaxKernel,
     simd: Option<SimdLevel>,
+    cuda_blocks: Option<usize>,
     /// Present unless `kernel` is `Candle`.
     fused: Option<Arc<dyn FusedProducts>>,
 }
@@ -160,6 +164,7 @@ impl SoftmaxObjective {
             reg: Arc::new(reg),
             kernel: SoftmaxKernel::Candle,
             simd: options.simd,
+            cuda_blocks: options.cuda_blocks,
             fused: None,
         }
         .with_kernel(kernel)
@@ -173,13 +178,13 @@ impl SoftmaxObjective {
             SoftmaxKernel::Fused(storage) => {
                 let mut f = FusedSoftmax::from_batches(&self.data, storage)?;
                 if let Some(level) = self.simd {
-                    f = f.with_simd_level(level);
+                    f = f.with_simd_level(level)?;
                 }
                 Some(Arc::new(f))
             }
-            SoftmaxKernel::FusedOps(storage) => {
-                Some(Arc::new(FusedOps::from_batches(&self.data, storage)?))
-            }
+            SoftmaxKernel::FusedOps(storage) => Some(Arc::new(
+                FusedOps::from_batches(&self.data, storage)?.with_cuda_blocks(self.cuda_blocks)?,
+            )),
         };
         self.kernel = kernel;
         Ok(self)
@@ -386,6 +391,7 @@ impl Objective for SoftmaxObjective {
             reg: self.reg.clone(),
             kernel: SoftmaxKernel::Candle,
             simd: self.simd,
+            cuda_blocks: self.cuda_blocks,
             fused: None,
         };
         Ok(Arc::new(sub.with_kernel(self.kernel)?))

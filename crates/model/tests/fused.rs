@@ -1,8 +1,9 @@
 //! The fused softmax-regression kernels against the unfused candle products:
 //! loss, gradient, probabilities and HVP, with and without bias, f32 (1e-4
 //! relative) and f64 (1e-10 relative), u8 against float storage, the candle
-//! custom ops, every instruction set the CPU has, and bit-for-bit determinism
-//! across repeated calls and thread counts. `SoftmaxKernel::FusedOps` (the
+//! custom ops, every instruction set the CPU has (against the unfused
+//! products and against each other), and bit-for-bit determinism across
+//! repeated calls and thread counts at every level. `SoftmaxKernel::FusedOps` (the
 //! same kernels as candle ops on the batch's device) is checked per device:
 //! on the CPU always, on CUDA when built with the `cuda` feature.
 //!
@@ -14,6 +15,7 @@
 use candle_core::{DType, Device, Tensor};
 use hessfree_model::fused::{
     FusedSoftmax, SimdLevel, SoftmaxGradOp, SoftmaxHvpOp, SoftmaxProbsOp, Targets, XData, XStorage,
+    simd_level,
 };
 use hessfree_model::linop::vec as fv;
 use hessfree_model::objective::{softmax_cross_entropy, softmax_curvature_product};
@@ -216,17 +218,78 @@ fn fused_matches_unfused_f64_and_f32() -> R<()> {
     Ok(())
 }
 
+/// Every level this CPU has against the unfused products, and against the
+/// scalar level to rounding (FMA and the lanes' summation order differ).
 #[test]
 fn every_instruction_set_agrees() -> R<()> {
+    let levels = SimdLevel::available();
+    eprintln!(
+        "SIMD levels on this CPU: {levels:?}, best {}",
+        SimdLevel::best()
+    );
+    assert_eq!(levels[0], SimdLevel::Scalar);
+    assert!(levels.contains(&SimdLevel::best()));
+    assert_eq!(simd_level(), SimdLevel::best());
     for dtype in [DType::F64, DType::F32] {
+        // d = 100: tails after the vectors at every width.
         let data = data(200, 100, 10, 5, dtype)?;
         let obj = reference(&data, true)?;
-        for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-            let fused =
-                FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?.with_simd_level(level);
-            check(&fused, &obj, true, dtype, 9)?;
+        let w = random(1010, 0.5, 9, dtype)?;
+        let v = random(1010, 1.0, 10, dtype)?;
+        let eps = if dtype == DType::F64 { 1e-13 } else { 1e-5 };
+        for storage in [XStorage::Auto, XStorage::Float] {
+            let mut results = Vec::new();
+            for &level in &levels {
+                let fused =
+                    FusedSoftmax::from_batches(obj.data(), storage)?.with_simd_level(level)?;
+                assert_eq!(fused.simd_level(), level);
+                check(&fused, &obj, true, dtype, 9)?;
+                let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
+                let hv = fused.hvp_flat(&p, &v, true)?;
+                results.push((level, l, g, p, hv));
+            }
+            let (_, l0, g0, p0, h0) = &results[0];
+            for (level, l, g, p, hv) in &results[1..] {
+                let what = format!("{level} vs scalar, {dtype:?}, {storage:?}");
+                assert!(((l - l0) / l0).abs() < eps, "{what}: loss {l} vs {l0}");
+                for (name, a, b) in [
+                    ("gradient", g, g0),
+                    ("probabilities", p, p0),
+                    ("HVP", hv, h0),
+                ] {
+                    let e = rel(a, b)?;
+                    assert!(e < eps, "{what}: {name} rel. difference {e:e}");
+                }
+            }
         }
     }
+    // A level the CPU lacks is refused, never run.
+    let data = data(20, 30, 10, 1, DType::F32)?;
+    let obj = reference(&data, true)?;
+    for level in SimdLevel::ALL {
+        if !level.is_available() {
+            let e = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?
+                .with_simd_level(level)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(level.name()) && e.contains("not available"),
+                "{e}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn simd_level_names_round_trip() -> R<()> {
+    for level in SimdLevel::ALL {
+        assert_eq!(level.to_string().parse::<SimdLevel>()?, level);
+    }
+    assert_eq!("x86-64-v3".parse::<SimdLevel>()?, SimdLevel::Avx2);
+    assert_eq!("AVX512".parse::<SimdLevel>()?, SimdLevel::Avx512);
+    let e = "sse2".parse::<SimdLevel>().unwrap_err().to_string();
+    assert!(e.contains("sse2") && e.contains("avx2"), "{e}");
     Ok(())
 }
 
@@ -352,6 +415,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     bias,
                     x_scale: 1.0 / 255.0,
                     scale: 1.0 / n,
+                    cuda_blocks: None,
                 };
                 let out = x.apply_op3_no_bwd(&data.y, &w, &grad_op)?;
                 assert_eq!(out.dims(), &[dim + 1]);
@@ -374,6 +438,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     classes: 10,
                     bias,
                     x_scale: 1.0 / 255.0,
+                    cuda_blocks: None,
                 };
                 let p = x.apply_op2_no_bwd(&w, &probs_op)?;
                 assert!(rel(&p, &p_ref)? < t);
@@ -383,6 +448,7 @@ fn custom_ops_match_unfused() -> R<()> {
                     bias,
                     x_scale: 1.0 / 255.0,
                     scale: 1.0 / n,
+                    cuda_blocks: None,
                 };
                 let hv = x.apply_op3_no_bwd(&p, &v, &hvp_op)?;
                 assert!(rel(&hv, &hv_ref)? < t, "hvp op {dtype:?} bias {bias}");
@@ -398,26 +464,37 @@ fn bit_identical_across_runs_and_thread_counts() -> R<()> {
     for dtype in [DType::F32, DType::F64] {
         let data = data(5000, 784, 10, 17, dtype)?;
         let obj = reference(&data, true)?;
-        let fused = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
         let w = random(7850, 0.5, 3, dtype)?;
         let v = random(7850, 1.0, 4, dtype)?;
-        let run = |threads: usize| -> R<(f64, Vec<f64>, Vec<f64>)> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()?;
-            pool.install(|| {
-                let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
-                let hv = fused.hvp_flat(&p, &v, true)?;
-                let f = |t: &Tensor| -> R<Vec<f64>> {
-                    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-                };
-                Ok((l, f(&g)?, f(&hv)?))
-            })
-        };
-        let first = run(2)?;
-        assert_eq!(run(2)?, first, "{dtype:?}: same thread count, same bits");
-        for threads in [1, 3, 4] {
-            assert_eq!(run(threads)?, first, "{dtype:?}: {threads} threads");
+        for level in SimdLevel::available() {
+            let fused =
+                FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?.with_simd_level(level)?;
+            let run = |threads: usize| -> R<(f64, Vec<f64>, Vec<f64>)> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()?;
+                pool.install(|| {
+                    let (l, g, p) = fused.loss_grad_probs_flat(&w, true)?;
+                    let hv = fused.hvp_flat(&p, &v, true)?;
+                    let f = |t: &Tensor| -> R<Vec<f64>> {
+                        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+                    };
+                    Ok((l, f(&g)?, f(&hv)?))
+                })
+            };
+            let first = run(2)?;
+            assert_eq!(
+                run(2)?,
+                first,
+                "{dtype:?}, {level}: same thread count, same bits"
+            );
+            for threads in [1, 3, 4] {
+                assert_eq!(
+                    run(threads)?,
+                    first,
+                    "{dtype:?}, {level}: {threads} threads"
+                );
+            }
         }
     }
     Ok(())
@@ -543,5 +620,52 @@ fn fused_ops_on_cuda_match_unfused() -> R<()> {
         SoftmaxKernel::default_for(&device),
         SoftmaxKernel::FusedOps(XStorage::Auto)
     );
+    Ok(())
+}
+
+/// The CUDA kernels with other block counts (`FusedOps::with_cuda_blocks`;
+/// `HESSFREE_CUDA_BLOCKS`, if set, adds one: the library reads no
+/// environment) agree with the default count to rounding.
+#[cfg(feature = "cuda")]
+#[test]
+fn fused_ops_on_cuda_block_counts_agree() -> R<()> {
+    use hessfree_model::fused::FusedProducts;
+    use hessfree_model::fused_ops::FusedOps;
+    let device = Device::new_cuda(0)?;
+    let mut counts = vec![1usize, 3, 1000];
+    if let Ok(v) = std::env::var("HESSFREE_CUDA_BLOCKS") {
+        counts.push(v.parse()?);
+    }
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu);
+    for dtype in [DType::F64, DType::F32] {
+        let data = data(3000, 784, 10, 13, dtype)?;
+        let batches = Batches::new(
+            &data.x.to_device(&device)?,
+            &data.y.to_device(&device)?,
+            1000,
+        )?;
+        let w = random(7850, 0.5, 3, dtype)?.to_device(&device)?;
+        let v = random(7850, 1.0, 4, dtype)?.to_device(&device)?;
+        let base = FusedOps::from_batches(&batches, XStorage::Auto)?;
+        assert_eq!(base.cuda_blocks(), None);
+        let (l0, g0) = base.loss_and_grad_flat(&w, true)?;
+        let p = base.probabilities_flat(&w, true)?;
+        let h0 = base.hvp_flat(&p, &v, true)?;
+        let eps = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        for &blocks in &counts {
+            let what = format!("{dtype:?}, {blocks} blocks");
+            let ops =
+                FusedOps::from_batches(&batches, XStorage::Auto)?.with_cuda_blocks(Some(blocks))?;
+            let (l, g) = ops.loss_and_grad_flat(&w, true)?;
+            assert!(((l - l0) / l0).abs() < eps, "{what}: loss {l} vs {l0}");
+            let e = rel(&cpu(&g)?, &cpu(&g0)?)?;
+            assert!(e < eps, "{what}: gradient rel. difference {e:e}");
+            let h = ops.hvp_flat(&p, &v, true)?;
+            let e = rel(&cpu(&h)?, &cpu(&h0)?)?;
+            assert!(e < eps, "{what}: HVP rel. difference {e:e}");
+        }
+        let zero = FusedOps::from_batches(&batches, XStorage::Auto)?.with_cuda_blocks(Some(0));
+        assert!(zero.is_err(), "zero blocks are refused");
+    }
     Ok(())
 }

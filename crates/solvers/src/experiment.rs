@@ -47,6 +47,9 @@ pub struct ProblemSpec {
     /// or a lower level.
     #[serde(default = "auto", skip_serializing_if = "is_auto")]
     pub simd: String,
+    /// Thread blocks of the CUDA kernels; `None`: twice the multiprocessors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_blocks: Option<usize>,
 }
 
 fn auto() -> String {
@@ -73,6 +76,7 @@ impl Default for ProblemSpec {
             kernel: auto(),
             x_storage: auto(),
             simd: auto(),
+            cuda_blocks: None,
         }
     }
 }
@@ -118,6 +122,7 @@ impl ProblemSpec {
                 "auto" => None,
                 level => Some(level.parse::<SimdLevel>()?),
             },
+            cuda_blocks: self.cuda_blocks,
         };
         if !(self.hessian_fraction > 0.0 && self.hessian_fraction <= 1.0) {
             return Err(SolverError::Config(format!(

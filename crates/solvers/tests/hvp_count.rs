@@ -57,6 +57,7 @@ fn hvps(bias: bool, penalties: Vec<Penalty>, w0_std: f64, grad_tol: f64) -> R<u6
         kernel: KernelChoice::Fused,
         storage: XStorage::U8,
         simd: Some(SimdLevel::Scalar),
+        cuda_blocks: None,
     };
     let obj: Arc<dyn Objective> = Arc::new(SoftmaxObjective::with_options(
         model,

@@ -3,7 +3,7 @@
 //! theirs. It makes (once) its own Python virtual environment with the
 //! pinned packages of `peers/requirements.txt`, then runs
 //! `peers/bench_peers.py`, which writes `docs/reports/bench/peers.json`.
-//! Not part of the tests or CI: it needs PyPI and takes about 5 minutes.
+//! Not part of the tests or CI: it needs PyPI and takes about 16 minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -32,7 +32,8 @@ use crate::provenance;
 pub struct CompareArgs {
     /// Comma-separated optimisers: sgd, newton-cg, trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2, laplace,
-    /// seed, curvature_dtype, lr (SGD) or damping (Newton-CG) for that run.
+    /// seed, curvature_dtype, lr (SGD), damping (Newton-CG) or hessian_batch
+    /// (dense Newton) for that run.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
     /// softmax, softmax-nobias, or mlp:W1[,W2...]
@@ -154,8 +155,9 @@ pub struct CompareArgs {
     /// L-BFGS memory.
     #[arg(long, default_value_t = 10)]
     pub lbfgs_memory: usize,
-    /// Rows the dense-Newton Hessian is assembled on (0 = the whole training set).
-    #[arg(long, default_value_t = 1000)]
+    /// Rows the dense-Newton Hessian is assembled on (0 = the whole training
+    /// set, as scikit-learn's newton-cholesky does).
+    #[arg(long, default_value_t = 0)]
     pub hessian_batch: usize,
 
     /// Write each run's full state to `<out>/checkpoints/<run>.ckpt` every N
@@ -282,6 +284,7 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
             cg_backtracking: !args.no_cg_backtracking,
             ..defaults
         };
+        let mut hessian_batch = args.hessian_batch;
         for kv in overrides.split(';').filter(|s| !s.is_empty()) {
             let (key, value) = kv
                 .split_once('=')
@@ -304,8 +307,13 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
                 "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
                 "lr" => sgd.learning_rate = num()?,
                 "damping" => newton.initial_damping = num()?,
+                "hessian_batch" => {
+                    hessian_batch = value
+                        .parse()
+                        .with_context(|| format!("override `{kv}`: expected an integer"))?;
+                }
                 other => bail!(
-                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, curvature_dtype, lr, damping"
+                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch"
                 ),
             }
         }
@@ -323,7 +331,7 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
                 ..Default::default()
             }),
             "dense-newton" => Method::DenseNewton(DenseNewtonConfig {
-                hessian_batch: (args.hessian_batch > 0).then_some(args.hessian_batch),
+                hessian_batch: (hessian_batch > 0).then_some(hessian_batch),
                 ..Default::default()
             }),
             other => bail!(

@@ -1,6 +1,7 @@
 //! Newton's method with the Hessian formed: the baseline the notebook could
-//! not afford. It assembles the curvature on the problem's curvature sample
-//! (`hessian_batch` rows, chosen by the caller), solves `(H + λI) d = −g`
+//! not afford, run as scikit-learn's `newton-cholesky` runs it. It assembles
+//! the curvature on the whole training set (or on `hessian_batch` rows, a
+//! cheaper sub-sampled variant, chosen by the caller), solves `(H + λI) d = −g`
 //! with faer (Cholesky, falling back to a symmetric eigendecomposition with
 //! |eigenvalues| floored when the matrix is not positive definite) and takes
 //! an Armijo step.
@@ -34,7 +35,7 @@ pub struct DenseNewtonConfig {
 impl Default for DenseNewtonConfig {
     fn default() -> Self {
         Self {
-            hessian_batch: Some(1000),
+            hessian_batch: None,
             damping: 1e-8,
             armijo_c: 1e-4,
             line_search_shrink: 0.5,

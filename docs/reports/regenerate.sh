@@ -10,8 +10,9 @@ cargo xtask compare --optimizers 'sgd,sgd@init=normal:0.1,sgd@init=normal:0.1;la
     --reference sgd=0.9123 --reference 'sgd@init=normal:0.1=0.9146' \
     --reference 'sgd@init=normal:0.1;laplace=0.001=0.9113'
 
-cargo xtask compare --optimizers newton-cg,trust-region,lbfgs,dense-newton,sgd \
-    --model softmax --l2 1e-4 --dtype f64 --grad-tol 1e-8 --max-iters 500 --max-time 240 \
+cargo xtask compare \
+    --optimizers 'newton-cg,newton-cg@curvature_dtype=f32,trust-region,lbfgs,dense-newton,dense-newton@hessian_batch=1000;max_time=240,sgd' \
+    --model softmax --l2 1e-4 --dtype f64 --grad-tol 1e-8 --max-iters 500 --max-time 900 \
     --out docs/reports/newton-vs-sgd-l2 \
     --title "L2-regularised softmax regression on MNIST (lam = 1e-4, f64): five optimisers"
 

@@ -32,8 +32,8 @@ use crate::provenance;
 pub struct CompareArgs {
     /// Comma-separated optimisers: sgd, newton-cg, trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2, laplace,
-    /// seed, curvature_dtype, lr (SGD), damping (Newton-CG) or hessian_batch
-    /// (dense Newton) for that run.
+    /// seed, curvature_dtype, lr (SGD), damping (Newton-CG), hessian_batch
+    /// (dense Newton) or max_time for that run.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
     /// softmax, softmax-nobias, or mlp:W1[,W2...]
@@ -196,6 +196,8 @@ struct Planned {
     method: Method,
     spec: ProblemSpec,
     max_iters: u64,
+    /// This run's solver-time budget, overriding --max-time.
+    max_time: Option<f64>,
     trace_every: u64,
 }
 
@@ -285,6 +287,7 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
             ..defaults
         };
         let mut hessian_batch = args.hessian_batch;
+        let mut max_time = args.max_time;
         for kv in overrides.split(';').filter(|s| !s.is_empty()) {
             let (key, value) = kv
                 .split_once('=')
@@ -307,13 +310,20 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
                 "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
                 "lr" => sgd.learning_rate = num()?,
                 "damping" => newton.initial_damping = num()?,
+                "max_time" => {
+                    let v = num()?;
+                    if !(v.is_finite() && v > 0.0) {
+                        bail!("override `{kv}` in `{token}`: max_time must be a positive number");
+                    }
+                    max_time = Some(v);
+                }
                 "hessian_batch" => {
                     hessian_batch = value
                         .parse()
                         .with_context(|| format!("override `{kv}`: expected an integer"))?;
                 }
                 other => bail!(
-                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch"
+                    "unknown override `{other}` in `{token}`; expected one of: init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch, max_time"
                 ),
             }
         }
@@ -352,6 +362,7 @@ fn plan(args: &CompareArgs) -> Result<Vec<Planned>> {
             } else {
                 args.max_iters
             },
+            max_time,
             trace_every: if is_sgd { args.sgd_eval_every } else { 1 },
         });
     }
@@ -510,7 +521,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         let stop = StopRules {
             grad_tol: (args.grad_tol > 0.0).then_some(args.grad_tol),
             max_iters: Some(p.max_iters),
-            max_seconds: args.max_time,
+            max_seconds: p.max_time,
             max_hvps: args.max_hvps,
             max_data_passes: args.max_passes,
             ..Default::default()

@@ -196,23 +196,20 @@ impl Experiment {
         )?;
         let tr = train.to_tensors(device, parsed.dtype)?;
         let te = test.to_tensors(device, parsed.dtype)?;
-        let objective = objective_with(
-            &model,
-            Batches::new(&tr.images, &tr.one_hot, CHUNK_ROWS)?,
-            parsed.penalties.clone(),
-            &parsed.kernels,
-        )?;
+        let objective_on = |images: &Tensor, one_hot: &Tensor| -> Result<Arc<dyn Objective>> {
+            Ok(objective_with(
+                &model,
+                Batches::new(images, one_hot, CHUNK_ROWS)?,
+                parsed.penalties.clone(),
+                &parsed.kernels,
+            )?)
+        };
+        let objective = objective_on(&tr.images, &tr.one_hot)?;
         let curvature_objective = if parsed.curvature_dtype == parsed.dtype {
             objective.clone()
         } else {
             let low = train.to_tensors(device, parsed.curvature_dtype)?;
-            let inner = objective_with(
-                &model,
-                Batches::new(&low.images, &low.one_hot, CHUNK_ROWS)?,
-                parsed.penalties.clone(),
-                &parsed.kernels,
-            )?;
-            CastObjective::wrap(inner, parsed.dtype)
+            CastObjective::wrap(objective_on(&low.images, &low.one_hot)?, parsed.dtype)
         };
         Ok(Self {
             spec,

@@ -43,14 +43,10 @@ impl SoftmaxKernel {
     /// `Fused(Auto)` on the CPU, `FusedOps(Auto)` on CUDA, `Candle`
     /// elsewhere: the fastest kernel each device has.
     pub fn default_for(device: &Device) -> Self {
-        KernelOptions::default().kernel_for(device)
-    }
-
-    /// What `--kernel` and `summary.json` call it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Candle => "candle",
-            Self::Fused(_) | Self::FusedOps(_) => "fused",
+        match device {
+            Device::Cpu => Self::Fused(XStorage::Auto),
+            Device::Cuda(_) => Self::FusedOps(XStorage::Auto),
+            _ => Self::Candle,
         }
     }
 }
@@ -102,19 +98,21 @@ pub struct KernelOptions {
 }
 
 impl KernelOptions {
-    /// The kernel these options select on `device`.
-    pub fn kernel_for(&self, device: &Device) -> SoftmaxKernel {
-        let fused = match device {
-            Device::Cpu => Some(SoftmaxKernel::Fused(self.storage)),
-            Device::Cuda(_) => Some(SoftmaxKernel::FusedOps(self.storage)),
-            _ => None,
+    /// The kernel these options select on `device`; `Fused` on a device
+    /// without a fused kernel is refused.
+    pub fn kernel_for(&self, device: &Device) -> Result<SoftmaxKernel> {
+        let kernel = match (self.kernel, SoftmaxKernel::default_for(device)) {
+            (KernelChoice::Candle, _) => SoftmaxKernel::Candle,
+            (KernelChoice::Fused, SoftmaxKernel::Candle) => {
+                return Err(ModelError::Unsupported(format!(
+                    "the fused softmax kernel runs on the CPU and CUDA, not on {device:?}"
+                )));
+            }
+            (_, SoftmaxKernel::Fused(_)) => SoftmaxKernel::Fused(self.storage),
+            (_, SoftmaxKernel::FusedOps(_)) => SoftmaxKernel::FusedOps(self.storage),
+            (KernelChoice::Auto, SoftmaxKernel::Candle) => SoftmaxKernel::Candle,
         };
-        match (self.kernel, fused) {
-            (KernelChoice::Candle, _) | (KernelChoice::Auto, None) => SoftmaxKernel::Candle,
-            (_, Some(k)) => k,
-            // Refused in `SoftmaxObjective::with_options`.
-            (KernelChoice::Fused, None) => SoftmaxKernel::FusedOps(self.storage),
-        }
+        Ok(kernel)
     }
 }
 
@@ -123,8 +121,8 @@ pub struct SoftmaxObjective {
     data: Batches,
     reg: Arc<Regularizer>,
     kernel: SoftmaxKernel,
-    simd: Option<SimdLevel>,
-    cuda_blocks: Option<usize>,
+    /// The instruction set and CUDA block count the fused kernels run with.
+    options: KernelOptions,
     /// Present unless `kernel` is `Candle`.
     fused: Option<Arc<dyn FusedProducts>>,
 }
@@ -148,23 +146,14 @@ impl SoftmaxObjective {
             )));
         }
         check_shapes(&model, &data)?;
-        if options.kernel == KernelChoice::Fused
-            && !matches!(data.device(), Device::Cpu | Device::Cuda(_))
-        {
-            return Err(ModelError::Unsupported(format!(
-                "the fused softmax kernel runs on the CPU and CUDA, not on {:?}",
-                data.device()
-            )));
-        }
+        let kernel = options.kernel_for(data.device())?;
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
-        let kernel = options.kernel_for(data.device());
         Self {
             model,
             data,
             reg: Arc::new(reg),
             kernel: SoftmaxKernel::Candle,
-            simd: options.simd,
-            cuda_blocks: options.cuda_blocks,
+            options: *options,
             fused: None,
         }
         .with_kernel(kernel)
@@ -177,13 +166,14 @@ impl SoftmaxObjective {
             SoftmaxKernel::Candle => None,
             SoftmaxKernel::Fused(storage) => {
                 let mut f = FusedSoftmax::from_batches(&self.data, storage)?;
-                if let Some(level) = self.simd {
+                if let Some(level) = self.options.simd {
                     f = f.with_simd_level(level)?;
                 }
                 Some(Arc::new(f))
             }
             SoftmaxKernel::FusedOps(storage) => Some(Arc::new(
-                FusedOps::from_batches(&self.data, storage)?.with_cuda_blocks(self.cuda_blocks)?,
+                FusedOps::from_batches(&self.data, storage)?
+                    .with_cuda_blocks(self.options.cuda_blocks)?,
             )),
         };
         self.kernel = kernel;
@@ -390,8 +380,7 @@ impl Objective for SoftmaxObjective {
             data: self.data.select(indices)?,
             reg: self.reg.clone(),
             kernel: SoftmaxKernel::Candle,
-            simd: self.simd,
-            cuda_blocks: self.cuda_blocks,
+            options: self.options,
             fused: None,
         };
         Ok(Arc::new(sub.with_kernel(self.kernel)?))

@@ -7,7 +7,11 @@
 //! - `cold`: from scratch at a new point (forward pass, then the product),
 //!   comparable with JAX's `jvp(grad)`;
 //! - `apply`: one more product with the curvature operator at a fixed point,
-//!   its forward caches already built (what every CG step pays); n = 1000 only.
+//!   its forward caches already built (what every CG step pays); n = 1000 only;
+//! - `dense-cold`, `dense-apply`: the same with the first layer on candle's
+//!   dense matmuls (`XStorage::Float`). `cold` and `apply` run what
+//!   `MlpObjective::new` chooses, which for MNIST's bytes is the first layer
+//!   over compressed rows.
 //!
 //! Built with `--features cuda`, `grad`, `hvp` and `ggn` (`cold`) also run on
 //! the first CUDA device as `cuda/mlp/...` (see `mlp_cuda`).
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hessfree_model::fused::XStorage;
 use hessfree_model::{Activation, CurvatureKind, Init, MlpObjective, Model, ModelSpec, Objective};
 
 fn mlp(c: &mut Criterion) {
@@ -32,8 +37,18 @@ fn mlp(c: &mut Criterion) {
         let w = model
             .init(Init::Glorot, 1, &Device::Cpu, dtype)
             .expect("init");
-        let obj =
-            MlpObjective::new(model, common::batches(n, dtype), Vec::new()).expect("objective");
+        let obj = MlpObjective::new(model.clone(), common::batches(n, dtype), Vec::new())
+            .expect("objective");
+        let dense = MlpObjective::with_storage(
+            model,
+            common::batches(n, dtype),
+            Vec::new(),
+            XStorage::Float,
+        )
+        .expect("objective");
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("MLP kernels: {}", obj.kernel_name()));
+        let variants = [("", &obj), ("dense-", &dense)];
         let v = common::random(obj.dim(), 0.05, 2, dtype);
         let big = n >= 10_000;
         let time = if big {
@@ -46,9 +61,11 @@ fn mlp(c: &mut Criterion) {
         let mut g = c.benchmark_group(name("grad"));
         g.throughput(Throughput::Elements(n as u64))
             .measurement_time(time);
-        g.bench_function("cold", |b| {
-            b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
-        });
+        for (prefix, obj) in variants {
+            g.bench_function(format!("{prefix}cold"), |b| {
+                b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
+            });
+        }
         g.finish();
 
         for (op, kind) in [
@@ -58,21 +75,57 @@ fn mlp(c: &mut Criterion) {
             let mut g = c.benchmark_group(name(op));
             g.throughput(Throughput::Elements(n as u64))
                 .measurement_time(time);
-            g.bench_function("cold", |b| {
-                b.iter(|| {
-                    let op = obj.curvature(&w, kind).expect("curvature");
-                    black_box(op.apply(&v).expect("product"))
-                })
-            });
-            if !big {
-                let op = obj.curvature(&w, kind).expect("curvature");
-                g.bench_function("apply", |b| {
-                    b.iter(|| black_box(op.apply(&v).expect("product")))
+            for (prefix, obj) in variants {
+                g.bench_function(format!("{prefix}cold"), |b| {
+                    b.iter(|| {
+                        let op = obj.curvature(&w, kind).expect("curvature");
+                        black_box(op.apply(&v).expect("product"))
+                    })
                 });
+                if !big {
+                    let op = obj.curvature(&w, kind).expect("curvature");
+                    g.bench_function(format!("{prefix}apply"), |b| {
+                        b.iter(|| black_box(op.apply(&v).expect("product")))
+                    });
+                }
             }
             g.finish();
         }
     }
+}
+
+/// The first layer's two products on MNIST's first 10000 images, 256
+/// units, f32: `X W` and `Xᵀ D` over compressed rows against candle's
+/// dense matmuls, `cpu/mlp/first-layer/f32/n10000/{csr,dense}/{xw,xtd}`.
+fn first_layer(c: &mut Criterion) {
+    use hessfree_model::csr::CsrU8;
+    let n = 10_000;
+    let ds = common::subset(n);
+    let x = CsrU8::from_dense(&ds.images, 784, 1.0 / 255.0).expect("csr");
+    let xd = common::batches(n, DType::F32).chunks()[0].0.clone();
+    let w = common::random(784 * 256, 0.05, 1, DType::F32)
+        .reshape((784, 256))
+        .expect("w");
+    let d = common::random(n * 256, 0.05, 2, DType::F32)
+        .reshape((n, 256))
+        .expect("d");
+    let wv = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("w");
+    let dv = d.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("d");
+    let mut g = c.benchmark_group(format!("cpu/mlp/first-layer/f32/n{n}"));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("csr/xw", |b| {
+        b.iter(|| black_box(x.matmul(&wv, 256).expect("xw")))
+    });
+    g.bench_function("dense/xw", |b| {
+        b.iter(|| black_box(xd.matmul(&w).expect("xw")))
+    });
+    g.bench_function("csr/xtd", |b| {
+        b.iter(|| black_box(x.t_matmul(&dv, 256, false).expect("xtd")))
+    });
+    g.bench_function("dense/xtd", |b| {
+        b.iter(|| black_box(xd.t().and_then(|t| t.matmul(&d)).expect("xtd")))
+    });
+    g.finish();
 }
 
 /// The same products on the first CUDA device, `cuda/mlp/{op}/f32/n{n}/cold`;
@@ -135,6 +188,7 @@ fn mlp_cuda(c: &mut Criterion) {
 
 fn all(c: &mut Criterion) {
     mlp(c);
+    first_layer(c);
     #[cfg(feature = "cuda")]
     mlp_cuda(c);
 }

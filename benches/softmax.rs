@@ -22,9 +22,16 @@
 //! - `fused-{f32,f64}`: the fused kernel, `X` in the compute dtype read in
 //!   place from the batch's chunk tensors;
 //! - `fused-u8`: the fused kernel, `X` as bytes (4x fewer than f32);
-//! - `fused-u8/{level}` (`grad` and `hvp` only): the same at each SIMD level
-//!   this CPU has (`scalar`, `avx2`, `avx512`, `neon`), for the ratios of
-//!   level to level.
+//! - `csr-u8`: the fused kernel over compressed rows of bytes (MNIST's X
+//!   is 81% zeros), what `XStorage::Auto` picks for MNIST;
+//! - `fused-u8/{level}`, `csr-u8/{level}` (`grad` and `hvp` only): the same
+//!   at each SIMD level this CPU has (`scalar`, `avx2`, `avx512`, `neon`),
+//!   for the ratios of level to level.
+//!
+//! `cpu/softmax/hvp-density/{dtype}/n10000/d{percent}/{u8,csr}/{level}`
+//! (`density_sweep`) times the HVP on random bytes of 5% to 50% non-zeros,
+//! dense bytes against compressed rows, at each level: where the two cross
+//! is what `hessfree_model::csr::CSR_MAX_DENSITY` is set from.
 //!
 //! The `fused-*` ids without a level run the best level the CPU has, or
 //! `HESSFREE_SIMD` (`scalar`, `avx2`, ...) if set; the level is printed. The
@@ -80,14 +87,24 @@ fn bench_size(c: &mut Criterion, n: usize, dtype: DType) {
         FusedSoftmax::from_batches(obj.data(), XStorage::U8).expect("fused u8"),
         level,
     );
+    let fused_csr = with_level(
+        FusedSoftmax::from_batches(obj.data(), XStorage::Csr).expect("fused csr"),
+        level,
+    );
     let variants = [
         (format!("fused-{dt}"), &fused_float),
         ("fused-u8".to_string(), &fused_u8),
+        ("csr-u8".to_string(), &fused_csr),
     ];
-    // The u8 kernel at every level, for `grad` and `hvp`.
+    // The byte kernels at every level, for `grad` and `hvp`.
     let per_level: Vec<(String, FusedSoftmax)> = SimdLevel::available()
         .into_iter()
-        .map(|l| (format!("fused-u8/{l}"), with_level(fused_u8.clone(), l)))
+        .flat_map(|l| {
+            [
+                (format!("fused-u8/{l}"), with_level(fused_u8.clone(), l)),
+                (format!("csr-u8/{l}"), with_level(fused_csr.clone(), l)),
+            ]
+        })
         .collect();
     // A point with confident but not saturated probabilities, and a direction.
     let w = common::random(obj.dim(), 0.05, 1, dtype);
@@ -256,8 +273,61 @@ fn softmax_cuda(c: &mut Criterion) {
     }
 }
 
+/// The HVP on random `[10000, 784]` bytes of a given density, dense `u8`
+/// against CSR, at each level: the crossover behind `CSR_MAX_DENSITY`.
+fn density_sweep(c: &mut Criterion) {
+    use hessfree_model::csr::CsrU8;
+    use hessfree_model::fused::{Targets, XData};
+    use rand::{Rng, SeedableRng};
+    let (n, d, k) = (10_000usize, 784usize, 10usize);
+    for dtype in [DType::F32, DType::F64] {
+        let dt = common::dtype_name(dtype);
+        for percent in [5u32, 10, 20, 30, 40, 50] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(percent));
+            let bytes: Vec<u8> = (0..n * d)
+                .map(|_| {
+                    if rng.random_range(0..100) < percent {
+                        rng.random_range(1..=255)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..k as u32)).collect();
+            let scale = 1.0 / 255.0;
+            let make = |x: XData| {
+                FusedSoftmax::new(x, Targets::Labels(labels.clone()), d, k, n).expect("fused")
+            };
+            let dense = make(XData::U8 {
+                data: bytes.clone(),
+                scale,
+            });
+            let csr = make(XData::Csr(
+                CsrU8::from_dense(&bytes, d, scale).expect("csr"),
+            ));
+            let w = common::random(7850, 0.05, 1, dtype);
+            let v = common::random(7850, 1.0, 2, dtype);
+            let mut g = c.benchmark_group(format!("cpu/softmax/hvp-density/{dt}/n{n}/d{percent}"));
+            g.throughput(Throughput::Elements(n as u64))
+                .measurement_time(Duration::from_secs(1))
+                .warm_up_time(Duration::from_millis(300));
+            for level in SimdLevel::available() {
+                for (name, f) in [("u8", &dense), ("csr", &csr)] {
+                    let f = f.clone().with_simd_level(level).expect("level");
+                    let p: Tensor = f.probabilities_flat(&w, true).expect("probabilities");
+                    g.bench_function(format!("{name}/{level}"), |b| {
+                        b.iter(|| black_box(f.hvp_flat(&p, &v, true).expect("hvp")))
+                    });
+                }
+            }
+            g.finish();
+        }
+    }
+}
+
 fn all(c: &mut Criterion) {
     softmax(c);
+    density_sweep(c);
     #[cfg(feature = "cuda")]
     softmax_cuda(c);
 }

@@ -84,7 +84,8 @@ pub struct CompareArgs {
     /// Softmax kernel: auto, fused, candle (HESSFREE_FUSED=0 means candle).
     #[arg(long, default_value = "auto")]
     pub kernel: String,
-    /// How the fused kernel stores X: auto, u8, float.
+    /// How the kernels store X: auto, u8, csr (compressed rows, CPU; for the
+    /// softmax kernel and an MLP's first layer), float.
     #[arg(long, default_value = "auto")]
     pub x_storage: String,
     /// The fused CPU kernel's instruction set: auto or a lower level

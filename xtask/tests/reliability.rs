@@ -130,7 +130,7 @@ fn every_bad_input_is_refused_clearly() {
         Case {
             input: "`--x-storage csr8`",
             args: compare(&["--x-storage", "csr8"], &good),
-            expect: "expected one of: auto, u8, float",
+            expect: "expected one of: auto, u8, csr, float",
             nothing_written: true,
         },
         Case {

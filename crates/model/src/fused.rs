@@ -73,6 +73,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
 };
 
+use crate::csr::{CSR_MAX_DENSITY, CsrU8, byte_density};
 use crate::error::{ModelError, Result};
 use crate::objective::Batches;
 
@@ -209,12 +210,16 @@ pub enum XData {
         tensor: Tensor,
         scale: f64,
     },
+    /// Compressed rows of bytes, each meaning `byte * scale`.
+    Csr(CsrU8),
 }
 
 impl XData {
+    /// The number of inputs, zeros included.
     fn len(&self) -> Result<usize> {
         Ok(match self {
             XData::U8 { data, .. } => data.len(),
+            XData::Csr(x) => x.rows() * x.cols(),
             XData::F32(v) => v.len(),
             XData::F64(v) => v.len(),
             XData::Tensor { tensor, .. } => tensor.elem_count(),
@@ -228,13 +233,15 @@ impl XData {
             XData::F32(v) => 4 * v.len(),
             XData::F64(v) => 8 * v.len(),
             XData::Tensor { tensor, .. } => tensor.elem_count() * tensor.dtype().size_in_bytes(),
+            XData::Csr(x) => x.bytes(),
         }
     }
 
-    /// `"u8"`, `"f32"` or `"f64"`.
+    /// `"u8"`, `"csr-u8"`, `"f32"` or `"f64"`.
     pub fn storage_name(&self) -> &'static str {
         match self {
             XData::U8 { .. } => "u8",
+            XData::Csr(_) => "csr-u8",
             XData::F32(_) => "f32",
             XData::F64(_) => "f64",
             XData::Tensor { tensor, .. } => match tensor.dtype() {
@@ -249,18 +256,22 @@ impl XData {
 /// How [`FusedSoftmax::from_batches`] stores the inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XStorage {
-    /// `u8` when every input is exactly `k/255` in the batch's dtype (MNIST
-    /// is), otherwise the batch's chunk tensors read in place.
+    /// When every input is exactly `k/255` in the batch's dtype (MNIST is):
+    /// compressed rows if at most [`CSR_MAX_DENSITY`] of them are non-zero,
+    /// else dense `u8`. Otherwise the batch's chunk tensors, read in place.
     #[default]
     Auto,
-    /// `u8`; an error if some input is not exactly `k/255`.
+    /// Dense `u8`; an error if some input is not exactly `k/255`.
     U8,
+    /// Compressed rows of `u8` ([`CsrU8`]); an error if some input is not
+    /// exactly `k/255`. The CPU kernels only.
+    Csr,
     /// The batch's chunk tensors, read in place (no copy).
     Float,
 }
 
 impl XStorage {
-    pub const CHOICES: &'static str = "auto, u8, float";
+    pub const CHOICES: &'static str = "auto, u8, csr, float";
 }
 
 impl std::str::FromStr for XStorage {
@@ -269,6 +280,7 @@ impl std::str::FromStr for XStorage {
         match s {
             "auto" => Ok(Self::Auto),
             "u8" => Ok(Self::U8),
+            "csr" => Ok(Self::Csr),
             "float" => Ok(Self::Float),
             other => Err(ModelError::Spec(format!(
                 "unknown input storage `{other}`; expected one of: {}",
@@ -431,14 +443,21 @@ impl FusedSoftmax {
             ));
         }
         let (inputs, classes) = (batches.inputs(), batches.classes());
+        let scale = 1.0 / 255.0;
         let segments = match batch_bytes(batches, storage)? {
-            Some(bytes) => vec![(
-                batches.rows(),
-                XData::U8 {
-                    data: bytes,
-                    scale: 1.0 / 255.0,
-                },
-            )],
+            Some(bytes) => {
+                let sparse = match storage {
+                    XStorage::Csr => true,
+                    XStorage::Auto => byte_density(&bytes) <= CSR_MAX_DENSITY,
+                    XStorage::U8 | XStorage::Float => false,
+                };
+                let x = if sparse {
+                    XData::Csr(CsrU8::from_dense(&bytes, inputs, scale)?)
+                } else {
+                    XData::U8 { data: bytes, scale }
+                };
+                vec![(batches.rows(), x)]
+            }
             None => batches
                 .chunks()
                 .iter()
@@ -905,9 +924,10 @@ pub(crate) fn batch_bytes(batches: &Batches, storage: XStorage) -> Result<Option
             }
         }
     }
-    if storage == XStorage::U8 && !compress {
+    if matches!(storage, XStorage::U8 | XStorage::Csr) && !compress {
         return Err(ModelError::Batch(
-            "the inputs are not all exactly k/255, so they cannot be stored as u8".into(),
+            "the inputs are not all exactly k/255, so they cannot be stored as bytes (u8 or csr)"
+                .into(),
         ));
     }
     Ok(compress.then_some(bytes))
@@ -979,6 +999,7 @@ fn with_x<R>(x: &XData, f: impl FnOnce(kernel::XSlice<'_>) -> R) -> Result<R> {
         XData::U8 { data, scale } => f(kernel::XSlice::U8(data, *scale)),
         XData::F32(v) => f(kernel::XSlice::F32(v)),
         XData::F64(v) => f(kernel::XSlice::F64(v)),
+        XData::Csr(x) => f(kernel::XSlice::Csr(x)),
         XData::Tensor { tensor, scale } => {
             let (storage, layout) = tensor.storage_and_layout();
             match &*storage {
@@ -1379,7 +1400,10 @@ mod kernel {
     use pulp::{Simd, WithSimd};
 
     use super::{BLOCK_ROWS, KG, SimdLevel};
+    use crate::csr::CsrU8;
     use crate::error::{ModelError, Result};
+
+    mod sparse;
 
     /// The compute type of the fused kernels: `f32` or `f64`, with its
     /// vectors for each of pulp's instruction sets `M` (`M::f32s` or
@@ -1577,6 +1601,7 @@ mod kernel {
         U8(&'a [u8], f64),
         F32(&'a [f32]),
         F64(&'a [f64]),
+        Csr(&'a CsrU8),
     }
 
     /// Everything a leaf needs, shared by all threads.
@@ -1597,6 +1622,51 @@ mod kernel {
         pre: usize,
         vb: &'a [T],
         mode: Mode<'a, T>,
+        /// Compressed rows, when `X` is stored so (then `x` is empty), with
+        /// the input-major weights `wr[j * kw + c]` the sparse kernels
+        /// gather rows of (`kw`: `kp` padded to whole vectors).
+        csr: Option<&'a CsrU8>,
+        wr: &'a [T],
+        kw: usize,
+    }
+
+    /// The lengths of the mode's inputs and of `p_out` against the shape.
+    fn check_mode<T>(shape: &Shape, mode: &Mode<'_, T>, p_out: Option<&[T]>) -> Result<()> {
+        let Shape { rows, k, .. } = *shape;
+        match mode {
+            Mode::Hvp(p) if p.len() != rows * k => {
+                return Err(ModelError::Batch(format!(
+                    "probabilities hold {} values, expected {rows} x {k}",
+                    p.len()
+                )));
+            }
+            Mode::Grad(TargetsRef::Labels(l)) | Mode::Loss(TargetsRef::Labels(l))
+                if l.len() != rows =>
+            {
+                return Err(ModelError::Batch(format!(
+                    "{} labels for {rows} rows",
+                    l.len()
+                )));
+            }
+            Mode::Grad(TargetsRef::Dense(y)) | Mode::Loss(TargetsRef::Dense(y))
+                if y.len() != rows * k =>
+            {
+                return Err(ModelError::Batch(format!(
+                    "targets hold {} values, expected {rows} x {k}",
+                    y.len()
+                )));
+            }
+            _ => {}
+        }
+        if let Some(p) = p_out
+            && p.len() != rows * k
+        {
+            return Err(ModelError::Batch(format!(
+                "probability output holds {} values, expected {rows} x {k}",
+                p.len()
+            )));
+        }
+        Ok(())
     }
 
     impl XSlice<'_> {
@@ -1629,39 +1699,7 @@ mod kernel {
                         x.len()
                     )));
                 }
-                match mode {
-                    Mode::Hvp(p) if p.len() != rows * k => {
-                        return Err(ModelError::Batch(format!(
-                            "probabilities hold {} values, expected {rows} x {k}",
-                            p.len()
-                        )));
-                    }
-                    Mode::Grad(TargetsRef::Labels(l)) | Mode::Loss(TargetsRef::Labels(l))
-                        if l.len() != rows =>
-                    {
-                        return Err(ModelError::Batch(format!(
-                            "{} labels for {rows} rows",
-                            l.len()
-                        )));
-                    }
-                    Mode::Grad(TargetsRef::Dense(y)) | Mode::Loss(TargetsRef::Dense(y))
-                        if y.len() != rows * k =>
-                    {
-                        return Err(ModelError::Batch(format!(
-                            "targets hold {} values, expected {rows} x {k}",
-                            y.len()
-                        )));
-                    }
-                    _ => {}
-                }
-                if let Some(p) = &p_out
-                    && p.len() != rows * k
-                {
-                    return Err(ModelError::Batch(format!(
-                        "probability output holds {} values, expected {rows} x {k}",
-                        p.len()
-                    )));
-                }
+                check_mode(shape, &mode, p_out.as_deref())?;
                 // Split loads across cache lines halve the forward's speed:
                 // peel `pre` inputs so that X's vector loads are aligned (if
                 // every row starts at the same offset mod 64 and X has the
@@ -1696,6 +1734,9 @@ mod kernel {
                     pre,
                     vb,
                     mode,
+                    csr: None,
+                    wr: &[],
+                    kw: 0,
                 };
                 Ok(tree(&job, 0..rows, p_out, level, leaf.max(1)))
             }
@@ -1703,6 +1744,45 @@ mod kernel {
                 XSlice::U8(x, s) => go(x, Some(s), shape, vt, vb, mode, p_out, level, leaf),
                 XSlice::F32(x) => go(x, None, shape, vt, vb, mode, p_out, level, leaf),
                 XSlice::F64(x) => go(x, None, shape, vt, vb, mode, p_out, level, leaf),
+                XSlice::Csr(x) => {
+                    if x.rows() != shape.rows || x.cols() != shape.d {
+                        return Err(ModelError::Batch(format!(
+                            "CSR inputs are {} x {}, expected {} x {}",
+                            x.rows(),
+                            x.cols(),
+                            shape.rows,
+                            shape.d
+                        )));
+                    }
+                    check_mode(shape, &mode, p_out.as_deref())?;
+                    let Shape { rows, d, k, kp } = *shape;
+                    let lanes = sparse::lanes::<T>(level);
+                    let kw = kp.div_ceil(lanes) * lanes;
+                    let mut wr = vec![T::ZERO; d * kw];
+                    for c in 0..kp {
+                        for j in 0..d {
+                            wr[j * kw + c] = vt[c * d + j];
+                        }
+                    }
+                    let no_dense: &[u8] = &[];
+                    let job = Job {
+                        x: no_dense,
+                        d,
+                        k,
+                        kp,
+                        xscale: T::from_f64(x.scale()),
+                        scaled: true,
+                        vt: &[],
+                        dv: 0,
+                        pre: 0,
+                        vb,
+                        mode,
+                        csr: Some(x),
+                        wr: &wr,
+                        kw,
+                    };
+                    Ok(tree(&job, 0..rows, p_out, level, leaf.max(1)))
+                }
             }
         }
     }
@@ -1799,6 +1879,9 @@ mod kernel {
         rows: Range<usize>,
         mut p_out: Option<&mut [T]>,
     ) -> Partial {
+        if let Some(csr) = job.csr {
+            return sparse::leaf(m, job, csr, rows, p_out);
+        }
         let kp = job.kp;
         let back = job.mode.backward();
         let mut part = Partial::new(if back { kp * job.d } else { 0 }, kp);

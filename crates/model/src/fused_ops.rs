@@ -35,7 +35,16 @@ impl FusedOps {
     /// The batch behind an objective, stored as `storage` says. The checks
     /// (is `X` exactly `k/255`? are the targets one-hot?) run once on a host
     /// copy; the tensors are then uploaded to the batch's device.
+    /// Compressed rows ([`XStorage::Csr`]) are the CPU kernels' alone: an
+    /// error here; [`XStorage::Auto`] means dense `u8` or floats.
     pub fn from_batches(batches: &Batches, storage: XStorage) -> Result<Self> {
+        if storage == XStorage::Csr {
+            return Err(ModelError::Unsupported(
+                "compressed-row inputs (csr) run in the CPU kernels only; \
+                 on this device use --x-storage auto, u8 or float"
+                    .into(),
+            ));
+        }
         let device = batches.device();
         let (rows, inputs, classes) = (batches.rows(), batches.inputs(), batches.classes());
         let (x, x_scale) = match batch_bytes(batches, storage)? {

@@ -11,6 +11,7 @@
 
 pub mod autodiff;
 pub mod cast;
+pub mod csr;
 pub mod dense;
 pub mod error;
 pub mod fused;
@@ -50,8 +51,9 @@ pub fn objective_for(
     objective_with(model, data, penalties, &KernelOptions::default())
 }
 
-/// [`objective_for`] with the softmax kernels chosen by `kernels` (MLPs run
-/// on candle's ops whatever `kernels` says).
+/// [`objective_for`] with the kernels chosen by `kernels`. MLPs run on
+/// candle's ops and take only `kernels.storage` (compressed rows for the
+/// first layer, or not).
 pub fn objective_with(
     model: &Model,
     data: Batches,
@@ -65,6 +67,11 @@ pub fn objective_with(
             penalties,
             kernels,
         )?),
-        ModelSpec::Mlp { .. } => Arc::new(MlpObjective::new(model.clone(), data, penalties)?),
+        ModelSpec::Mlp { .. } => Arc::new(MlpObjective::with_storage(
+            model.clone(),
+            data,
+            penalties,
+            kernels.storage,
+        )?),
     })
 }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::csr::{CSR_MAX_DENSITY, CsrU8, byte_density};
 use crate::error::{ModelError, Result};
+use crate::fused::{XStorage, batch_bytes};
 use crate::linop::{Counter, LinOp};
 use crate::model::{Activation, Model, ModelSpec};
 use crate::objective::{
@@ -34,12 +36,19 @@ pub struct MlpObjective {
     activation: Activation,
     data: Batches,
     reg: Arc<Regularizer>,
+    storage: XStorage,
+    /// Each chunk's `X` as compressed rows, when `storage` chose them: the
+    /// first layer's products (`X W₁`, `Xᵀ δ₁`), nearly all of an MLP's
+    /// work on MNIST, then run over the non-zero pixels only.
+    sparse: Option<Vec<Arc<CsrU8>>>,
 }
 
 /// Everything the backward and R passes need from one chunk's forward pass.
 struct ChunkCache {
     /// `a_0 = x, a_1, ..., a_{L-1}`: the inputs of each layer.
     inputs: Vec<Tensor>,
+    /// `x` as compressed rows, if the objective holds them.
+    sparse_x: Option<Arc<CsrU8>>,
     /// `σ'(z_l)` and `σ''(z_l)` for the hidden layers.
     d1: Vec<Tensor>,
     d2: Vec<Tensor>,
@@ -52,7 +61,22 @@ struct ChunkCache {
 }
 
 impl MlpObjective {
+    /// [`Self::with_storage`] with [`XStorage::Auto`].
     pub fn new(model: Model, data: Batches, penalties: Vec<Penalty>) -> Result<Self> {
+        Self::with_storage(model, data, penalties, XStorage::Auto)
+    }
+
+    /// `storage` says how the first layer reads `X`: [`XStorage::Csr`]
+    /// forces compressed rows (CPU, inputs exactly `k/255`),
+    /// [`XStorage::Auto`] takes them on the CPU when the inputs are bytes of
+    /// at most [`CSR_MAX_DENSITY`] non-zeros, and anything else keeps the
+    /// dense tensors (`u8` storage has no meaning for candle's matmuls).
+    pub fn with_storage(
+        model: Model,
+        data: Batches,
+        penalties: Vec<Penalty>,
+        storage: XStorage,
+    ) -> Result<Self> {
         let ModelSpec::Mlp { activation, .. } = model.spec() else {
             return Err(ModelError::Spec(format!(
                 "MlpObjective needs an MLP, got {}",
@@ -62,12 +86,20 @@ impl MlpObjective {
         let activation = *activation;
         check_shapes(&model, &data)?;
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
+        let sparse = sparse_chunks(&data, storage)?;
         Ok(Self {
             model,
             activation,
             data,
             reg: Arc::new(reg),
+            storage,
+            sparse,
         })
+    }
+
+    /// `"csr-u8"` when the first layer reads compressed rows, else `None`.
+    pub fn input_storage(&self) -> Option<&'static str> {
+        self.sparse.as_ref().map(|_| "csr-u8")
     }
 
     pub fn model(&self) -> &Model {
@@ -78,15 +110,16 @@ impl MlpObjective {
     fn forward_backward(
         &self,
         layers: &[(Tensor, Option<Tensor>)],
-        x: &Tensor,
-        y: &Tensor,
+        chunk: usize,
     ) -> Result<(f64, ChunkCache)> {
+        let (x, y) = &self.data.chunks()[chunk];
+        let sparse_x = self.sparse.as_ref().map(|s| s[chunk].clone());
         let last = layers.len() - 1;
         let mut inputs = vec![x.clone()];
         let (mut d1, mut d2) = (Vec::new(), Vec::new());
         let mut z_out = None;
         for (l, (w, b)) in layers.iter().enumerate() {
-            let mut z = inputs[l].matmul(w)?;
+            let mut z = layer_matmul(&inputs[l], sparse_x.as_deref().filter(|_| l == 0), w)?;
             if let Some(b) = b {
                 z = z.broadcast_add(b)?;
             }
@@ -124,6 +157,7 @@ impl MlpObjective {
             loss,
             ChunkCache {
                 inputs,
+                sparse_x,
                 d1,
                 d2,
                 p,
@@ -137,8 +171,8 @@ impl MlpObjective {
         let layers = self.model.layers(w)?;
         let mut total = 0.0;
         let mut caches = Vec::with_capacity(self.data.chunks().len());
-        for (x, y) in self.data.chunks() {
-            let (loss, cache) = self.forward_backward(&layers, x, y)?;
+        for chunk in 0..self.data.chunks().len() {
+            let (loss, cache) = self.forward_backward(&layers, chunk)?;
             total += loss;
             caches.push(cache);
         }
@@ -147,6 +181,104 @@ impl MlpObjective {
 }
 
 /// Sums per-chunk, per-layer `(dW, db)` pairs into a flat vector.
+impl ChunkCache {
+    /// Compressed rows for layer 0's input, when there are some.
+    fn sparse_in(&self, l: usize) -> Option<&CsrU8> {
+        self.sparse_x.as_deref().filter(|_| l == 0)
+    }
+
+    /// `a_lᵀ D`.
+    fn input_t_matmul(&self, l: usize, d: &Tensor) -> Result<Tensor> {
+        layer_t_matmul(&self.inputs[l], self.sparse_in(l), d, false)
+    }
+}
+
+/// `a W`, over compressed rows when `sparse` holds `a`.
+fn layer_matmul(a: &Tensor, sparse: Option<&CsrU8>, w: &Tensor) -> Result<Tensor> {
+    let Some(x) = sparse else {
+        return Ok(a.matmul(w)?);
+    };
+    let (_, h) = w.dims2()?;
+    Ok(match w.dtype() {
+        DType::F32 => Tensor::from_vec(x.matmul(&host::<f32>(w)?, h)?, (x.rows(), h), w.device())?,
+        DType::F64 => Tensor::from_vec(x.matmul(&host::<f64>(w)?, h)?, (x.rows(), h), w.device())?,
+        other => return Err(unsupported(other)),
+    })
+}
+
+/// `aᵀ D`, or `(a ⊙ a)ᵀ D` when `squared`, over compressed rows when
+/// `sparse` holds `a`.
+fn layer_t_matmul(a: &Tensor, sparse: Option<&CsrU8>, d: &Tensor, squared: bool) -> Result<Tensor> {
+    let Some(x) = sparse else {
+        let a = if squared { a.sqr()? } else { a.clone() };
+        return Ok(a.t()?.matmul(d)?);
+    };
+    let (_, h) = d.dims2()?;
+    let shape = (x.cols(), h);
+    Ok(match d.dtype() {
+        DType::F32 => {
+            Tensor::from_vec(x.t_matmul(&host::<f32>(d)?, h, squared)?, shape, d.device())?
+        }
+        DType::F64 => {
+            Tensor::from_vec(x.t_matmul(&host::<f64>(d)?, h, squared)?, shape, d.device())?
+        }
+        other => return Err(unsupported(other)),
+    })
+}
+
+fn host<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    Ok(t.flatten_all()?.to_vec1::<T>()?)
+}
+
+fn unsupported(dtype: DType) -> ModelError {
+    ModelError::Unsupported(format!(
+        "compressed-row inputs take f32 or f64 parameters, not {dtype:?}"
+    ))
+}
+
+/// The batch's chunks as compressed rows, if `storage` asks for them (or
+/// `auto` finds sparse bytes on the CPU).
+fn sparse_chunks(data: &Batches, storage: XStorage) -> Result<Option<Vec<Arc<CsrU8>>>> {
+    let cpu = matches!(data.device(), Device::Cpu);
+    match storage {
+        XStorage::Float | XStorage::U8 => return Ok(None),
+        XStorage::Auto if !cpu => return Ok(None),
+        XStorage::Csr if !cpu => {
+            return Err(ModelError::Unsupported(
+                "compressed-row inputs (csr) run on the CPU only".into(),
+            ));
+        }
+        XStorage::Auto | XStorage::Csr => {}
+    }
+    let bytes = match batch_bytes(
+        data,
+        if storage == XStorage::Csr {
+            XStorage::Csr
+        } else {
+            XStorage::Auto
+        },
+    )? {
+        Some(b) => b,
+        None => return Ok(None),
+    };
+    if storage == XStorage::Auto && byte_density(&bytes) > CSR_MAX_DENSITY {
+        return Ok(None);
+    }
+    let d = data.inputs();
+    let mut start = 0;
+    let mut out = Vec::with_capacity(data.chunks().len());
+    for (x, _) in data.chunks() {
+        let rows = x.dim(0)?;
+        out.push(Arc::new(CsrU8::from_dense(
+            &bytes[start * d..(start + rows) * d],
+            d,
+            1.0 / 255.0,
+        )?));
+        start += rows;
+    }
+    Ok(Some(out))
+}
+
 fn pack_layers(layout: &ParamLayout, acc: Vec<(Tensor, Tensor)>) -> Result<Tensor> {
     let parts: Vec<Tensor> = acc.into_iter().flat_map(|(w, b)| [w, b]).collect();
     layout.flatten(&parts)
@@ -183,8 +315,18 @@ impl Objective for MlpObjective {
 
     fn loss(&self, w: &Tensor) -> Result<f64> {
         let mut total = 0.0;
-        for (x, y) in self.data.chunks() {
-            total += softmax_cross_entropy(&self.model.logits(w, x)?, y)?.0;
+        match &self.sparse {
+            None => {
+                for (x, y) in self.data.chunks() {
+                    total += softmax_cross_entropy(&self.model.logits(w, x)?, y)?.0;
+                }
+            }
+            Some(_) => {
+                let layers = self.model.layers(w)?;
+                for chunk in 0..self.data.chunks().len() {
+                    total += self.forward_backward(&layers, chunk)?.0;
+                }
+            }
         }
         Ok(total / self.data.rows() as f64 + self.reg.value_and_grad(w)?.0)
     }
@@ -193,11 +335,11 @@ impl Objective for MlpObjective {
         let layers = self.model.layers(w)?;
         let mut total = 0.0;
         let mut acc = None;
-        for (x, y) in self.data.chunks() {
-            let (loss, c) = self.forward_backward(&layers, x, y)?;
+        for chunk in 0..self.data.chunks().len() {
+            let (loss, c) = self.forward_backward(&layers, chunk)?;
             total += loss;
             let grads = (0..layers.len())
-                .map(|l| Ok((c.inputs[l].t()?.matmul(&c.deltas[l])?, c.deltas[l].sum(0)?)))
+                .map(|l| Ok((c.input_t_matmul(l, &c.deltas[l])?, c.deltas[l].sum(0)?)))
                 .collect::<Result<Vec<_>>>()?;
             add_into(&mut acc, grads)?;
         }
@@ -233,7 +375,8 @@ impl Objective for MlpObjective {
             let diag = (0..c.deltas.len())
                 .map(|l| {
                     let d2 = c.deltas[l].sqr()?;
-                    Ok((c.inputs[l].sqr()?.t()?.matmul(&d2)?, d2.sum(0)?))
+                    let a2d2 = layer_t_matmul(&c.inputs[l], c.sparse_in(l), &d2, true)?;
+                    Ok((a2d2, d2.sum(0)?))
                 })
                 .collect::<Result<Vec<_>>>()?;
             add_into(&mut acc, diag)?;
@@ -245,12 +388,25 @@ impl Objective for MlpObjective {
         Ok((diag.affine(n, 0.0)? + self.reg.diagonal()?)?)
     }
 
+    fn kernel_name(&self) -> String {
+        match self.input_storage() {
+            Some(storage) => format!(
+                "candle {}, first layer over {storage}",
+                self.dtype().as_str()
+            ),
+            None => format!("candle {}", self.dtype().as_str()),
+        }
+    }
+
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
+        let data = self.data.select(indices)?;
         Ok(Arc::new(Self {
             model: self.model.clone(),
             activation: self.activation,
-            data: self.data.select(indices)?,
+            sparse: sparse_chunks(&data, self.storage)?,
+            data,
             reg: self.reg.clone(),
+            storage: self.storage,
         }))
     }
 }
@@ -280,7 +436,7 @@ impl MlpCurvature {
         for l in 0..nl {
             let (w, _) = &self.layers[l];
             let (vw, vb) = &dirs[l];
-            let mut z = c.inputs[l].matmul(vw)?.broadcast_add(vb)?;
+            let mut z = layer_matmul(&c.inputs[l], c.sparse_in(l), vw)?.broadcast_add(vb)?;
             if let Some(ral) = &ra[l] {
                 z = (z + ral.matmul(w)?)?;
             }
@@ -295,7 +451,7 @@ impl MlpCurvature {
         // Second-order backward pass.
         let mut out = vec![None; nl];
         for l in (0..nl).rev() {
-            let mut hw = c.inputs[l].t()?.matmul(&rdelta)?;
+            let mut hw = c.input_t_matmul(l, &rdelta)?;
             if exact && let Some(ral) = &ra[l] {
                 hw = (hw + ral.t()?.matmul(&c.deltas[l])?)?;
             }

@@ -1,6 +1,7 @@
 //! The fused softmax-regression kernels against the unfused candle products:
 //! loss, gradient, probabilities and HVP, with and without bias, f32 (1e-4
-//! relative) and f64 (1e-10 relative), u8 against float storage, the candle
+//! relative) and f64 (1e-10 relative), u8 against float storage and against
+//! compressed rows (CSR), the candle
 //! custom ops, every instruction set the CPU has (against the unfused
 //! products and against each other), and bit-for-bit determinism across
 //! repeated calls and thread counts at every level. `SoftmaxKernel::FusedOps` (the
@@ -208,7 +209,7 @@ fn fused_matches_unfused_f64_and_f32() -> R<()> {
             let data = data(n, d, k, 11, dtype)?;
             for bias in [true, false] {
                 let obj = reference(&data, bias)?;
-                for storage in [XStorage::Float, XStorage::U8] {
+                for storage in [XStorage::Float, XStorage::U8, XStorage::Csr] {
                     let fused = FusedSoftmax::from_batches(obj.data(), storage)?;
                     check(&fused, &obj, bias, dtype, 3)?;
                 }
@@ -237,7 +238,7 @@ fn every_instruction_set_agrees() -> R<()> {
         let w = random(1010, 0.5, 9, dtype)?;
         let v = random(1010, 1.0, 10, dtype)?;
         let eps = if dtype == DType::F64 { 1e-13 } else { 1e-5 };
-        for storage in [XStorage::Auto, XStorage::Float] {
+        for storage in [XStorage::U8, XStorage::Csr, XStorage::Float] {
             let mut results = Vec::new();
             for &level in &levels {
                 let fused =
@@ -298,7 +299,7 @@ fn u8_and_float_storage_agree_to_rounding() -> R<()> {
     for dtype in [DType::F64, DType::F32] {
         let data = data(500, 784, 10, 7, dtype)?;
         let obj = reference(&data, true)?;
-        let auto = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
+        let auto = FusedSoftmax::from_batches(obj.data(), XStorage::U8)?;
         assert_eq!(
             auto.storage_name(),
             "u8",
@@ -338,6 +339,94 @@ fn u8_and_float_storage_agree_to_rounding() -> R<()> {
         let hf = float.hvp_flat(&pf, &v, true)?;
         assert!(rel(&ha, &hf)? < eps, "{dtype:?} HVP {:e}", rel(&ha, &hf)?);
     }
+    Ok(())
+}
+
+/// Compressed rows against dense bytes on data with empty rows (every
+/// fifth, and the last) and empty columns (the first three, and one in the
+/// middle), at every level the CPU has: the same sums in another order.
+#[test]
+fn csr_and_dense_u8_agree_with_empty_rows_and_columns() -> R<()> {
+    let (n, d, k) = (301, 100, 10);
+    for dtype in [DType::F64, DType::F32] {
+        let mut data = data(n, d, k, 41, dtype)?;
+        for i in 0..n {
+            for j in 0..d {
+                if i % 5 == 0 || i == n - 1 || j == 50 {
+                    data.bytes[i * d + j] = 0;
+                }
+            }
+        }
+        data.x = Tensor::from_slice(&data.bytes, (n, d), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .affine(1.0 / 255.0, 0.0)?;
+        let eps = if dtype == DType::F64 { 1e-13 } else { 1e-5 };
+        for bias in [true, false] {
+            let obj = reference(&data, bias)?;
+            let dim = obj.dim();
+            let w = random(dim, 0.5, 3, dtype)?;
+            let v = random(dim, 1.0, 4, dtype)?;
+            for level in SimdLevel::available() {
+                let dense =
+                    FusedSoftmax::from_batches(obj.data(), XStorage::U8)?.with_simd_level(level)?;
+                let csr = FusedSoftmax::from_batches(obj.data(), XStorage::Csr)?
+                    .with_simd_level(level)?;
+                assert_eq!(csr.storage_name(), "csr-u8");
+                assert!(csr.x_bytes() < dense.x_bytes());
+                check(&csr, &obj, bias, dtype, 5)?;
+                let what = format!("{dtype:?}, bias {bias}, {level}");
+                let (ld, gd, pd) = dense.loss_grad_probs_flat(&w, bias)?;
+                let (ls, gs, ps) = csr.loss_grad_probs_flat(&w, bias)?;
+                assert!(((ls - ld) / ld).abs() < eps, "{what}: loss {ls} vs {ld}");
+                assert!(
+                    ((csr.loss_flat(&w, bias)? - ld) / ld).abs() < eps,
+                    "{what}: loss"
+                );
+                assert!(
+                    rel(&gs, &gd)? < eps,
+                    "{what}: gradient {:e}",
+                    rel(&gs, &gd)?
+                );
+                assert!(rel(&ps, &pd)? < eps, "{what}: probabilities");
+                assert!(
+                    rel(&csr.probabilities_flat(&w, bias)?, &pd)? < eps,
+                    "{what}"
+                );
+                let hd = dense.hvp_flat(&pd, &v, bias)?;
+                let hs = csr.hvp_flat(&ps, &v, bias)?;
+                assert!(rel(&hs, &hd)? < eps, "{what}: HVP {:e}", rel(&hs, &hd)?);
+                // The empty column's weights get exactly zero gradient and
+                // curvature.
+                let gs = gs.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                let hs = hs.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                for c in 0..k {
+                    assert_eq!(gs[50 * k + c], 0.0, "{what}");
+                    assert_eq!(hs[50 * k + c], 0.0, "{what}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `auto` picks compressed rows for sparse pixel data, dense bytes for
+/// dense pixel data, and floats for anything else.
+#[test]
+fn auto_storage_follows_the_density() -> R<()> {
+    let sparse = data(50, 40, 10, 2, DType::F32)?;
+    let obj = reference(&sparse, true)?;
+    let auto = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
+    assert_eq!(auto.storage_name(), "csr-u8");
+    let mut dense = sparse;
+    for b in dense.bytes.iter_mut() {
+        *b = b.wrapping_add(1).max(1);
+    }
+    dense.x = Tensor::from_slice(&dense.bytes, (50, 40), &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .affine(1.0 / 255.0, 0.0)?;
+    let obj = reference(&dense, true)?;
+    let auto = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
+    assert_eq!(auto.storage_name(), "u8");
     Ok(())
 }
 
@@ -466,9 +555,11 @@ fn bit_identical_across_runs_and_thread_counts() -> R<()> {
         let obj = reference(&data, true)?;
         let w = random(7850, 0.5, 3, dtype)?;
         let v = random(7850, 1.0, 4, dtype)?;
-        for level in SimdLevel::available() {
-            let fused =
-                FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?.with_simd_level(level)?;
+        for (level, storage) in SimdLevel::available()
+            .into_iter()
+            .flat_map(|l| [(l, XStorage::U8), (l, XStorage::Csr)])
+        {
+            let fused = FusedSoftmax::from_batches(obj.data(), storage)?.with_simd_level(level)?;
             let run = |threads: usize| -> R<(f64, Vec<f64>, Vec<f64>)> {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -492,7 +583,7 @@ fn bit_identical_across_runs_and_thread_counts() -> R<()> {
                 assert_eq!(
                     run(threads)?,
                     first,
-                    "{dtype:?}, {level}: {threads} threads"
+                    "{dtype:?}, {level}, {storage:?}: {threads} threads"
                 );
             }
         }
@@ -519,6 +610,12 @@ fn bad_inputs_are_errors() -> R<()> {
     let x = random(20 * 30, 1.0, 2, DType::F32)?.reshape((20, 30))?;
     let b = Batches::new(&x, &data.y, 8)?;
     assert!(FusedSoftmax::from_batches(&b, XStorage::U8).is_err());
+    let e = FusedSoftmax::from_batches(&b, XStorage::Csr)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("k/255") && e.contains("csr"), "{e}");
+    let e = "sparse".parse::<XStorage>().unwrap_err().to_string();
+    assert!(e.contains("sparse") && e.contains("csr"), "{e}");
     assert_eq!(
         FusedSoftmax::from_batches(&b, XStorage::Auto)?.storage_name(),
         "f32"

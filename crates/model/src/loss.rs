@@ -1,0 +1,153 @@
+//! Losses of a network's outputs, each with the curvature a Gauss-Newton
+//! product needs.
+//!
+//! Convention, for every loss and every objective built on one: the loss of
+//! a batch is the **mean over cases of the sum over outputs**,
+//! `f = (1/n) Σ_i ℓ(z_i, y_i)` with `ℓ` summed over the outputs of case `i`.
+//! [`Loss::sum`] returns the numerator `Σ_i ℓ(z_i, y_i)`; objectives divide
+//! by `n`, so that chunked and sharded sums add up to the same mean.
+//!
+//! The Gauss-Newton matrix of `f` is `(1/n) Σ_i J_iᵀ H_ℓ(z_i) J_i` with `H_ℓ`
+//! the Hessian of `ℓ` in the outputs `z`. Each loss here is convex in `z`
+//! (a matching loss for its output non-linearity), so `H_ℓ` is positive
+//! semi-definite and so is the Gauss-Newton matrix. [`Loss::output_curvature`]
+//! applies `H_ℓ(z_i)` row by row.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// A loss of the outputs `z` `[n, outputs]` against targets `y` of the same
+/// shape.
+pub trait Loss: Send + Sync + std::fmt::Debug {
+    /// The name reports use (`softmax-cross-entropy`, ...).
+    fn name(&self) -> &'static str;
+
+    /// `Σ_i ℓ(z_i, y_i)` as a differentiable candle scalar, so that
+    /// backward (and double backward) passes run through it.
+    fn sum(&self, z: &Tensor, y: &Tensor) -> Result<Tensor>;
+
+    /// `H_ℓ(z_i) u_i` for every row `i`: the loss's Hessian in the outputs,
+    /// at `z` (detached by the caller), applied to `u` `[n, outputs]`.
+    fn output_curvature(&self, z: &Tensor, u: &Tensor) -> Result<Tensor>;
+}
+
+/// Softmax over the outputs, then cross-entropy against target
+/// distributions (one-hot for labels): `ℓ = −Σ_c y_c log softmax(z)_c`.
+/// `H_ℓ = diag(p) − p pᵀ` with `p = softmax(z)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SoftmaxCrossEntropy;
+
+impl Loss for SoftmaxCrossEntropy {
+    fn name(&self) -> &'static str {
+        "softmax-cross-entropy"
+    }
+
+    fn sum(&self, z: &Tensor, y: &Tensor) -> Result<Tensor> {
+        crate::objective::softmax_cross_entropy_tensor(z, y)
+    }
+
+    fn output_curvature(&self, z: &Tensor, u: &Tensor) -> Result<Tensor> {
+        let p = candle_nn::ops::softmax_last_dim(z)?;
+        crate::objective::softmax_curvature_product(&p, u)
+    }
+}
+
+/// A logistic sigmoid on each output, then Bernoulli cross-entropy against
+/// targets in `[0, 1]`: `ℓ = Σ_c softplus(z_c) − y_c z_c`, which is
+/// `−y log σ(z) − (1−y) log(1−σ(z))` written so that it never takes the log
+/// of a rounded-off 0. `H_ℓ = diag(σ(z)(1 − σ(z)))`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SigmoidCrossEntropy;
+
+impl Loss for SigmoidCrossEntropy {
+    fn name(&self) -> &'static str {
+        "sigmoid-cross-entropy"
+    }
+
+    fn sum(&self, z: &Tensor, y: &Tensor) -> Result<Tensor> {
+        // softplus(z) = max(z, 0) + log(1 + exp(−|z|)), stable for any z.
+        let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        Ok((softplus - (y * z)?)?.sum_all()?)
+    }
+
+    fn output_curvature(&self, z: &Tensor, u: &Tensor) -> Result<Tensor> {
+        let s = candle_nn::ops::sigmoid(z)?;
+        let w = (&s * (1.0 - &s)?)?;
+        Ok((w * u)?)
+    }
+}
+
+/// Squared error for linear outputs: `ℓ = ½ Σ_c (z_c − y_c)²`, so that the
+/// gradient is the residual. `H_ℓ = I`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SquaredError;
+
+impl Loss for SquaredError {
+    fn name(&self) -> &'static str {
+        "squared-error"
+    }
+
+    fn sum(&self, z: &Tensor, y: &Tensor) -> Result<Tensor> {
+        Ok(((z - y)?.sqr()?.sum_all()? * 0.5)?)
+    }
+
+    fn output_curvature(&self, _z: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Ok(u.clone())
+    }
+}
+
+/// The summed loss as an `f64`, from [`Loss::sum`].
+pub fn sum_f64(loss: &dyn Loss, z: &Tensor, y: &Tensor) -> Result<f64> {
+    Ok(loss
+        .sum(z, y)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::*;
+
+    /// `H_ℓ u` from [`Loss::output_curvature`] against double backward of
+    /// [`Loss::sum`], and the loss against its closed form, for each loss.
+    #[test]
+    fn output_curvature_is_the_hessian_of_the_sum() -> Result<()> {
+        let dev = Device::Cpu;
+        let z0 = Tensor::new(&[[0.3f64, -1.2, 2.0], [-0.5, 0.1, 4.0]], &dev)?;
+        let y = Tensor::new(&[[0.0f64, 1.0, 0.0], [0.2, 0.3, 0.5]], &dev)?;
+        let u = Tensor::new(&[[1.0f64, -2.0, 0.5], [0.3, 0.7, -1.1]], &dev)?;
+        let losses: [&dyn Loss; 3] = [&SoftmaxCrossEntropy, &SigmoidCrossEntropy, &SquaredError];
+        for loss in losses {
+            // Finite differences of the gradient along u (the gradient by
+            // backward, which is first order only).
+            let grad = |z: &Tensor| -> Result<Tensor> {
+                let v = Var::from_tensor(z)?;
+                let l = loss.sum(v.as_tensor(), &y)?;
+                Ok(l.backward()?.get(v.as_tensor()).expect("grad").clone())
+            };
+            let h = 1e-5;
+            let gp = grad(&(&z0 + (&u * h)?)?)?;
+            let gm = grad(&(&z0 - (&u * h)?)?)?;
+            let fd = ((gp - gm)? / (2.0 * h))?;
+            let hu = loss.output_curvature(&z0, &u)?;
+            let err = (&fd - &hu)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(err < 1e-7, "{}: H u off by {err:e}", loss.name());
+        }
+        // Closed forms of the values.
+        let z = Tensor::new(&[[0.5f64, -2.0]], &dev)?;
+        let t = Tensor::new(&[[1.0f64, 0.0]], &dev)?;
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let bce = -(sig(0.5).ln()) - (1.0 - sig(-2.0)).ln();
+        assert!((sum_f64(&SigmoidCrossEntropy, &z, &t)? - bce).abs() < 1e-14);
+        assert!((sum_f64(&SquaredError, &z, &t)? - 0.5 * (0.25 + 4.0)).abs() < 1e-15);
+        let lse = (0.5f64.exp() + (-2.0f64).exp()).ln();
+        assert!((sum_f64(&SoftmaxCrossEntropy, &z, &t)? - (lse - 0.5)).abs() < 1e-14);
+        // Large logits stay finite.
+        let big = Tensor::new(&[[800.0f64, -800.0]], &dev)?;
+        assert!(sum_f64(&SigmoidCrossEntropy, &big, &t)?.is_finite());
+        Ok(())
+    }
+}

@@ -187,10 +187,8 @@ impl AssembledHessian {
 /// `w`, on the pixels that are non-zero in its batch (`restrict = true`) or
 /// on all pixels.
 ///
-/// Per class pair `(c, c')` it is one weighted Gram matrix
-/// `X_Sᵀ diag(a) X_S` with `a_i = A_i[c, c']`, a faer matrix product; then a
-/// scatter into the interleaved layout. `k(k+1)/2` products of cost
-/// `n·s²` each.
+/// The matrix is [`hessfree_model::dense::softmax_data_hessian`]'s (one
+/// place assembles it), restricted to the kept pixels' rows and columns.
 pub fn assemble_softmax_data_hessian(
     obj: &SoftmaxObjective,
     w: &Tensor,
@@ -218,38 +216,20 @@ pub fn assemble_softmax_data_hessian(
         (0..d).collect()
     };
     let s = pixels.len();
-    let mut h = Mat::<f64>::zeros(s * k, s * k);
     let (mut pmin, mut pmax) = (f64::INFINITY, f64::NEG_INFINITY);
-    for ((x, _), p) in data.chunks().iter().zip(obj.probabilities(w)?) {
-        let x = tensor_to_mat(x)?;
-        let p = tensor_to_mat(&p)?;
-        let rows = x.nrows();
-        for i in 0..rows {
-            for c in 0..k {
-                pmin = pmin.min(p[(i, c)]);
-                pmax = pmax.max(p[(i, c)]);
-            }
-        }
-        let xs = Mat::<f64>::from_fn(rows, s, |i, j| x[(i, pixels[j])]);
-        for c in 0..k {
-            for c2 in c..k {
-                let a: Vec<f64> = (0..rows)
-                    .map(|i| if c == c2 { p[(i, c)] } else { 0.0 } - p[(i, c)] * p[(i, c2)])
-                    .collect();
-                let xa = Mat::<f64>::from_fn(rows, s, |i, j| a[i] * xs[(i, j)]);
-                let block = xs.transpose() * &xa;
-                for j2 in 0..s {
-                    for j in 0..s {
-                        let v = block[(j, j2)] / n as f64;
-                        h[(j * k + c, j2 * k + c2)] += v;
-                        if c != c2 {
-                            h[(j * k + c2, j2 * k + c)] += v;
-                        }
-                    }
-                }
-            }
+    for p in obj.probabilities(w)? {
+        let p = p.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        for v in p {
+            pmin = pmin.min(v);
+            pmax = pmax.max(v);
         }
     }
+    // The model's assembler (GEMMs on weighted rows, all pixels), then the
+    // rows and columns of the kept pixels in the interleaved layout.
+    let full = hessfree_model::dense::softmax_data_hessian(obj, w)?;
+    let h = Mat::<f64>::from_fn(s * k, s * k, |a, b| {
+        full[(pixels[a / k] * k + a % k, pixels[b / k] * k + b % k)]
+    });
     let mut local = vec![None; d];
     for (l, &j) in pixels.iter().enumerate() {
         local[j] = Some(l);

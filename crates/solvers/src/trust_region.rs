@@ -69,10 +69,10 @@ impl TrustRegionConfig {
                 self.cg_rel_tol
             )));
         }
-        if !(self.initial_radius > 0.0) {
+        if self.initial_radius.is_nan() || self.initial_radius <= 0.0 {
             return bad(&format!("radius must be > 0, got {}", self.initial_radius));
         }
-        if !(self.max_radius > 0.0) {
+        if self.max_radius.is_nan() || self.max_radius <= 0.0 {
             return bad(&format!(
                 "maximum radius must be > 0, got {}",
                 self.max_radius

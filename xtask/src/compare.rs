@@ -165,8 +165,9 @@ pub struct CompareArgs {
     /// iterations (SGD, Newton-CG and trust region only).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: Option<u64>,
-    /// Continue each run from `<DIR>/checkpoints/<run>.ckpt` (a run without
-    /// a checkpoint starts afresh; a finished one is not rerun).
+    /// Continue each run from `<DIR>/checkpoints/<run>.ckpt`. DIR must exist;
+    /// a run without a checkpoint in it starts afresh, a finished one is not
+    /// rerun.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
 }
@@ -496,6 +497,20 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         if !planned.iter().any(|p| &p.label == label) {
             bail!("--reference names `{label}`, which is not in --optimizers");
         }
+    }
+    // A mistyped DIR would otherwise quietly rerun every run from the start.
+    if let Some(dir) = &args.resume
+        && !dir.is_dir()
+    {
+        let why = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        bail!(
+            "--resume {}: {why}; expected the --out directory of the run to continue",
+            dir.display()
+        );
     }
     let device = device(&args.device)?;
     check_writable(&args.out)?;

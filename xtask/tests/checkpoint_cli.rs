@@ -215,3 +215,38 @@ fn truncated_checkpoint_is_refused_and_prev_stays_usable() {
     run_ok(&resume);
     assert_eq!(reference, common::trace_without_time(&out));
 }
+
+/// `--resume` of a directory that is not there is refused, naming it,
+/// before any work; an existing directory without this run's checkpoint
+/// starts the run afresh, as an uninterrupted run.
+#[test]
+fn resume_from_a_missing_dir_is_refused_and_an_empty_one_starts_afresh() {
+    let data = common::dataset();
+    let out = data.path().join("run");
+    let missing = data.path().join("no-such-run");
+    let mut a = args(data.path(), &out, "newton-cg");
+    a.extend([
+        "--resume".to_string(),
+        missing.to_str().unwrap().to_string(),
+    ]);
+    let res = xtask(&a).output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "a missing --resume dir was accepted");
+    assert!(
+        stderr.contains(&format!("--resume {}: does not exist", missing.display())),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "wrote {}", out.display());
+
+    let reference = data.path().join("reference");
+    run_ok(&args(data.path(), &reference, "newton-cg"));
+    let empty = data.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let mut a = args(data.path(), &out, "newton-cg");
+    a.extend(["--resume".to_string(), empty.to_str().unwrap().to_string()]);
+    run_ok(&a);
+    assert_eq!(
+        common::trace_without_time(&reference),
+        common::trace_without_time(&out)
+    );
+}

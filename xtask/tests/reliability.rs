@@ -176,6 +176,20 @@ fn every_bad_input_is_refused_clearly() {
             nothing_written: true,
         },
         Case {
+            input: "`--resume` of a directory that does not exist",
+            args: compare(
+                &[
+                    "--optimizers",
+                    "newton-cg",
+                    "--resume",
+                    &s(&root.join("no-such-run")),
+                ],
+                &good,
+            ),
+            expect: "no-such-run: does not exist",
+            nothing_written: true,
+        },
+        Case {
             input: "data dir with one file missing",
             args: compare(&[], &missing_one),
             expect: "missing t10k-labels-idx1-ubyte",

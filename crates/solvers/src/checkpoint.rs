@@ -25,7 +25,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::{Result, SolverError};
 use crate::stop::StopReason;
@@ -36,51 +38,87 @@ const MAGIC: &[u8; 8] = b"HFCKPT\r\n";
 /// magic + version + two lengths.
 const FIXED: usize = 8 + 4 + 8 + 8;
 
-/// A solver's state between two outer iterations (its vectors live in
+/// A solver's state between two outer iterations: a JSON object that the
+/// solver wrote, tagged `"solver": name` (its vectors live in
 /// [`Snapshot::tensors`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "solver", rename_all = "kebab-case")]
-pub enum SolverState {
-    /// The sampler's position; the velocity is the tensor `velocity`.
-    Sgd { sampler: Option<SamplerFields> },
-    /// Damping as f64 bits; the warm start is the tensor `previous`.
-    NewtonCg { damping_bits: u64, failures: usize },
-    /// argmin's `TrustRegion` radius as f64 bits (its `f(x_k)` and `m_k(0)`
-    /// equal the state's cost and are rebuilt from it).
-    TrustRegion { radius_bits: u64 },
+///
+/// Open, not an enum of this crate's solvers, so that a solver defined
+/// anywhere saves a type of its own. The JSON text is kept as written: a
+/// checkpoint decodes and re-encodes byte for byte without this crate
+/// knowing the state's type.
+#[derive(Clone, Debug)]
+pub struct SolverState {
+    name: String,
+    json: Box<RawValue>,
 }
 
-/// [`hessfree_data::SamplerState`] field by field (it has no serde derive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SamplerFields {
-    pub len: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub epoch: u64,
-    pub position: usize,
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    solver: &'a str,
+    #[serde(flatten)]
+    state: &'a T,
 }
 
-impl From<hessfree_data::SamplerState> for SamplerFields {
-    fn from(s: hessfree_data::SamplerState) -> Self {
-        Self {
-            len: s.len,
-            batch_size: s.batch_size,
-            seed: s.seed,
-            epoch: s.epoch,
-            position: s.position,
+#[derive(Deserialize)]
+struct Tag {
+    solver: String,
+}
+
+impl SolverState {
+    /// `state`'s fields (it must serialise as a JSON object) under the tag
+    /// `"solver": name`.
+    pub fn new<T: Serialize>(name: &str, state: &T) -> Result<Self> {
+        let json = serde_json::value::to_raw_value(&Tagged {
+            solver: name,
+            state,
+        })
+        .map_err(|e| SolverError::Config(format!("{name} state: {e}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            json,
+        })
+    }
+
+    /// The solver that wrote it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state as `T`, refused unless it was written by the solver `name`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        if self.name != name {
+            return Err(SolverError::Config(format!(
+                "the checkpoint holds {} state, not {name}",
+                self.name
+            )));
         }
+        serde_json::from_str(self.json.get())
+            .map_err(|e| SolverError::Config(format!("the checkpoint's {name} state: {e}")))
     }
 }
 
-impl From<SamplerFields> for hessfree_data::SamplerState {
-    fn from(s: SamplerFields) -> Self {
-        Self {
-            len: s.len,
-            batch_size: s.batch_size,
-            seed: s.seed,
-            epoch: s.epoch,
-            position: s.position,
-        }
+impl PartialEq for SolverState {
+    fn eq(&self, other: &Self) -> bool {
+        self.json.get() == other.json.get()
+    }
+}
+
+impl Serialize for SolverState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SolverState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let json = Box::<RawValue>::deserialize(d)?;
+        let tag: Tag = serde_json::from_str(json.get()).map_err(|e| {
+            serde::de::Error::custom(format!("solver state without a `solver` name: {e}"))
+        })?;
+        Ok(Self {
+            name: tag.solver,
+            json,
+        })
     }
 }
 
@@ -112,7 +150,7 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    /// `param` always; `gradient`, `velocity`, `previous` when the solver has them.
+    /// `param` always; `gradient` and the solver's own vectors when it has them.
     pub tensors: BTreeMap<String, (DType, Vec<f64>)>,
 }
 
@@ -144,6 +182,15 @@ impl Snapshot {
                 Tensor::from_slice(v, v.len(), device)?.to_dtype(*dtype)?,
             )),
         }
+    }
+
+    /// The solver state saved by the solver `name`.
+    pub fn solver_state<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.meta
+            .solver
+            .as_ref()
+            .ok_or_else(|| SolverError::Config(format!("the checkpoint has no {name} state")))?
+            .get(name)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>> {

@@ -6,6 +6,7 @@
 //! |eigenvalues| floored when the matrix is not positive definite) and takes
 //! an Armijo step.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use argmin::core::{KV, Problem, Solver};
@@ -16,11 +17,13 @@ use faer::{Mat, Side};
 use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
+use crate::argmin_glue::{HfState, hf_problem, init_state, take_point};
+use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
 use crate::line_search::{Armijo, armijo};
-use crate::newton_cg::{HfState, hf_problem, init_state, take_point};
 use crate::params::Params;
 use crate::problem::HfProblem;
+use crate::run::{Resumable, RunLabel, unsupported};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DenseNewtonConfig {
@@ -176,5 +179,34 @@ impl Solver<HfProblem, HfState> for DenseNewton {
         let (w, g, f) = take_point(&mut state)?;
         let (w, g, f, kv) = self.step(hf_problem(problem)?, w, g, f)?;
         Ok((state.param(Params(w)).gradient(Params(g)).cost(f), Some(kv)))
+    }
+}
+
+/// Not checkpointed: a dense run is a handful of iterations, each one
+/// assembly and one solve, so nothing has asked for it yet.
+impl Resumable<HfState> for DenseNewton {
+    fn label(&self) -> RunLabel {
+        RunLabel::new("dense-newton", &self.config)
+    }
+
+    fn checkpointable(&self) -> bool {
+        false
+    }
+
+    fn save_state(&self, _: &mut Snapshot) -> Result<SolverState> {
+        Err(unsupported("dense Newton"))
+    }
+
+    fn resume(&mut self, _: &mut Problem<HfProblem>, _: &Snapshot, _: HfState) -> Result<HfState> {
+        Err(unsupported("dense Newton"))
+    }
+
+    fn extras(&self) -> BTreeMap<String, f64> {
+        BTreeMap::from([
+            ("hessian_bytes".to_string(), self.hessian_bytes as f64),
+            ("assembly_seconds".to_string(), self.assembly_seconds),
+            ("solve_seconds".to_string(), self.solve_seconds),
+            ("eigen_fallbacks".to_string(), self.eigen_fallbacks as f64),
+        ])
     }
 }

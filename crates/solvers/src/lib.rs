@@ -1,15 +1,17 @@
 //! Solvers on top of hessfree's objectives and curvature operators, run
 //! through argmin's `Executor`: damped Newton-CG (our own argmin solver),
-//! trust-region Newton-CG (argmin's `TrustRegion` + `Steihaug`), L-BFGS,
+//! trust-region Newton-CG (argmin's `Steihaug` in a loop of our own), L-BFGS,
 //! SGD and dense Newton, with one trace format and one set of stopping rules.
 
-pub mod baselines;
+pub mod argmin_glue;
 pub mod cg;
 pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
 pub mod experiment;
+pub mod lbfgs;
 pub mod line_search;
+pub mod method;
 pub mod newton_cg;
 pub mod params;
 pub mod problem;
@@ -17,20 +19,24 @@ pub mod run;
 pub mod sgd;
 pub mod stop;
 pub mod trace;
+pub mod trust_region;
 
-pub use baselines::{LbfgsConfig, TrustRegionConfig};
+pub use argmin_glue::HfState;
 pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
 pub use experiment::{Experiment, ProblemSpec};
+pub use lbfgs::{Lbfgs, LbfgsConfig};
+pub use method::{Method, run};
 pub use newton_cg::{NewtonCg, NewtonCgConfig};
 pub use params::Params;
 pub use problem::{CurvatureOperator, HfProblem};
 pub use run::{
-    CheckpointSink, Checkpointing, Evaluator, Method, OnRecord, Resumable, RunOptions, RunOutput,
-    run,
+    CheckpointSink, Checkpointing, Evaluator, OnRecord, Resumable, RunLabel, RunOptions, RunOutput,
+    run_solver,
 };
 pub use sgd::{Sgd, SgdConfig};
 pub use stop::{StopReason, StopRules};
 pub use trace::{Counters, Counts, TraceRecord};
+pub use trust_region::{TrustRegionConfig, TrustRegionNewtonCg};

@@ -26,20 +26,26 @@
 
 use std::sync::Arc;
 
-use argmin::core::{IterState, KV, Problem, Solver, State};
+use std::collections::BTreeMap;
+
+use argmin::core::{KV, Problem, Solver};
 use argmin::kv;
 use candle_core::Tensor;
 use hessfree_model::linop::vec;
 use hessfree_model::{Damped, LinOp};
 use serde::{Deserialize, Serialize};
 
+use crate::argmin_glue::{HfState, hf_problem, init_state, param_device, take_point};
 use crate::cg::{CgOptions, conjugate_gradient};
+use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
 use crate::line_search::{Armijo, armijo};
 use crate::params::Params;
 use crate::problem::HfProblem;
+use crate::run::{Resumable, RunLabel};
 
-pub type HfState<H = ()> = IterState<Params, Params, (), H, (), f64>;
+/// The checkpoint name of this solver's state and runs.
+const NAME: &str = "newton-cg";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewtonCgConfig {
@@ -297,42 +303,6 @@ struct HfStep {
     f: f64,
 }
 
-/// The problem inside argmin's wrapper; every solver here needs it.
-pub(crate) fn hf_problem(problem: &Problem<HfProblem>) -> Result<&HfProblem> {
-    problem
-        .problem
-        .as_ref()
-        .ok_or_else(|| SolverError::Argmin("the problem was taken out of argmin's wrapper".into()))
-}
-
-/// Starts a state-based solver: full loss and gradient at the initial point.
-pub(crate) fn init_state<H>(
-    problem: &mut Problem<HfProblem>,
-    mut state: HfState<H>,
-) -> Result<HfState<H>> {
-    let w = state
-        .take_param()
-        .ok_or_else(|| SolverError::Argmin("no initial parameters".into()))?;
-    let (f, g) = hf_problem(problem)?.loss_and_grad(&w.0)?;
-    if !f.is_finite() || !vec::all_finite(&g)? {
-        return Err(SolverError::Diverged(format!(
-            "the objective or its gradient is not finite at the starting point (f = {f})"
-        )));
-    }
-    Ok(state.param(w).gradient(Params(g)).cost(f))
-}
-
-pub(crate) fn take_point<H>(state: &mut HfState<H>) -> Result<(Tensor, Tensor, f64)> {
-    let f = state.get_cost();
-    let w = state
-        .take_param()
-        .ok_or_else(|| SolverError::Argmin("state lost its parameters".into()))?;
-    let g = state
-        .take_gradient()
-        .ok_or_else(|| SolverError::Argmin("state lost its gradient".into()))?;
-    Ok((w.0, g.0, f))
-}
-
 impl Solver<HfProblem, HfState> for NewtonCg {
     fn name(&self) -> &str {
         "Newton-CG"
@@ -366,18 +336,30 @@ impl Solver<HfProblem, HfState> for NewtonCg {
     }
 }
 
-impl crate::run::Resumable<HfState> for NewtonCg {
-    fn save_state(
-        &self,
-        snap: &mut crate::checkpoint::Snapshot,
-    ) -> Result<crate::checkpoint::SolverState> {
+/// Newton-CG's state in a checkpoint: the damping as f64 bits and the
+/// rejected steps in a row (the warm start is the tensor `previous`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewtonCgState {
+    pub damping_bits: u64,
+    pub failures: usize,
+}
+
+impl Resumable<HfState> for NewtonCg {
+    fn label(&self) -> RunLabel {
+        RunLabel::new(NAME, &self.config)
+    }
+
+    fn save_state(&self, snap: &mut Snapshot) -> Result<SolverState> {
         if let Some(prev) = &self.previous {
             snap.put("previous", prev)?;
         }
-        Ok(crate::checkpoint::SolverState::NewtonCg {
-            damping_bits: self.damping.to_bits(),
-            failures: self.failures,
-        })
+        SolverState::new(
+            NAME,
+            &NewtonCgState {
+                damping_bits: self.damping.to_bits(),
+                failures: self.failures,
+            },
+        )
     }
 
     /// The state already holds the point, gradient and cost that `init`
@@ -385,22 +367,14 @@ impl crate::run::Resumable<HfState> for NewtonCg {
     fn resume(
         &mut self,
         _problem: &mut Problem<HfProblem>,
-        saved: &crate::checkpoint::Snapshot,
+        saved: &Snapshot,
         state: HfState,
     ) -> Result<HfState> {
-        let Some(crate::checkpoint::SolverState::NewtonCg {
+        let NewtonCgState {
             damping_bits,
             failures,
-        }) = saved.meta.solver
-        else {
-            return Err(SolverError::Config(
-                "the checkpoint has no Newton-CG state".into(),
-            ));
-        };
-        let device = state
-            .get_param()
-            .map(|p| p.0.device().clone())
-            .ok_or_else(|| SolverError::Argmin("no parameters to resume from".into()))?;
+        } = saved.solver_state(NAME)?;
+        let device = param_device(&state)?;
         if state.get_gradient().is_none() {
             return Err(SolverError::Config("the checkpoint has no gradient".into()));
         }
@@ -408,5 +382,9 @@ impl crate::run::Resumable<HfState> for NewtonCg {
         self.failures = failures;
         self.previous = saved.get("previous", &device)?;
         Ok(state)
+    }
+
+    fn extras(&self) -> BTreeMap<String, f64> {
+        BTreeMap::from([("final_damping".to_string(), self.damping())])
     }
 }

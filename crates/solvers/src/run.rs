@@ -1,7 +1,9 @@
 //! Running any solver under argmin's `Executor`, with one trace, one set of
-//! stopping rules and one clock for all of them.
+//! stopping rules and one clock for all of them: [`run_solver`] takes any
+//! argmin [`Solver`] that implements [`Resumable`], so a solver defined
+//! outside this crate gets the same trace, budgets and checkpoints as ours.
 //!
-//! [`Tracked`] wraps a solver: it times only the solver's own work (the
+//! The runner wraps the solver: it times only the solver's own work (the
 //! clock is paused while the trace is evaluated), records a [`TraceRecord`]
 //! per iteration, enforces the [`StopRules`], honours an interrupt flag, and
 //! turns a failing iteration into a stop with the last good parameters
@@ -12,80 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use argmin::core::{
-    Executor, IterState, KV, Problem, Solver, State, TerminationReason, TerminationStatus,
-};
+use argmin::core::{Executor, KV, Problem, Solver, State, TerminationReason, TerminationStatus};
 use candle_core::Tensor;
 use hessfree_model::linop::vec;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::baselines::{LbfgsConfig, TrustRegionConfig};
+use crate::argmin_glue::{HfState, hf_problem};
 use crate::checkpoint::{Snapshot, SnapshotMeta, SolverState};
-use crate::dense_newton::{DenseNewton, DenseNewtonConfig};
 use crate::error::{Result, SolverError};
-use crate::newton_cg::{HfState, NewtonCg, NewtonCgConfig, hf_problem};
 use crate::params::Params;
 use crate::problem::HfProblem;
-use crate::sgd::{Sgd, SgdConfig};
 use crate::stop::{StopReason, StopRules};
 use crate::trace::{Counts, TraceRecord};
-
-/// Which optimiser to run, with its settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
-pub enum Method {
-    Sgd(SgdConfig),
-    NewtonCg(NewtonCgConfig),
-    TrustRegion(TrustRegionConfig),
-    Lbfgs(LbfgsConfig),
-    DenseNewton(DenseNewtonConfig),
-}
-
-impl Method {
-    pub const CHOICES: &'static str = "sgd, newton-cg, trust-region, lbfgs, dense-newton";
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Sgd(_) => "sgd",
-            Method::NewtonCg(_) => "newton-cg",
-            Method::TrustRegion(_) => "trust-region",
-            Method::Lbfgs(_) => "lbfgs",
-            Method::DenseNewton(_) => "dense-newton",
-        }
-    }
-
-    /// Checks the settings without running anything, so a harness can refuse
-    /// a bad value before any work or output.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            Method::Sgd(c) => c.validate(),
-            Method::NewtonCg(c) => c.validate(),
-            Method::TrustRegion(c) => c.build().map(|_| ()),
-            Method::Lbfgs(c) => c.build().map(|_| ()),
-            Method::DenseNewton(c) => DenseNewton::new(c.clone()).map(|_| ()),
-        }
-    }
-
-    /// Whether the solver's state holds the full-batch objective and gradient
-    /// (SGD's holds a mini-batch's, so its trace is evaluated separately).
-    fn full_batch_state(&self) -> bool {
-        !matches!(self, Method::Sgd(_))
-    }
-
-    /// Whether [`RunOptions::checkpoint`] and [`RunOptions::resume`] work for it.
-    pub fn checkpointable(&self) -> bool {
-        matches!(
-            self,
-            Method::Sgd(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
-        )
-    }
-
-    /// The settings as JSON: a checkpoint records them so that a resume
-    /// with other settings is refused.
-    fn fingerprint(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
 
 /// Test accuracy (or any score) of a parameter vector, for the trace.
 pub type Evaluator = Arc<dyn Fn(&Tensor) -> Result<f64> + Send + Sync>;
@@ -119,9 +59,46 @@ pub struct Checkpointing {
     pub sink: CheckpointSink,
 }
 
-/// A solver whose state between outer iterations can be saved and restored
-/// exactly, so that a resumed run repeats the uninterrupted one bit for bit.
+/// Names a run in its checkpoints: a resume of another method or of other
+/// settings is refused instead of silently mixing two runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunLabel {
+    pub method: String,
+    /// The settings as JSON.
+    pub settings: String,
+}
+
+impl RunLabel {
+    /// `settings`' fields (a struct) with `"method": method` in front: the
+    /// JSON a `Method` of the harness serialises to, so checkpoints written
+    /// before the runner was opened still match their settings.
+    pub fn new<T: Serialize>(method: &str, settings: &T) -> Self {
+        #[derive(Serialize)]
+        struct Tagged<'a, T> {
+            method: &'a str,
+            #[serde(flatten)]
+            settings: &'a T,
+        }
+        Self {
+            method: method.to_string(),
+            settings: serde_json::to_string(&Tagged { method, settings }).unwrap_or_default(),
+        }
+    }
+}
+
+/// What [`run_solver`] needs of an argmin [`Solver`] besides iterating: a
+/// name for its checkpoints, its state between outer iterations saved and
+/// restored exactly (so that a resumed run repeats the uninterrupted one bit
+/// for bit), and the numbers it reports after a run.
 pub trait Resumable<St> {
+    fn label(&self) -> RunLabel;
+
+    /// `false` makes [`run_solver`] refuse checkpoints and resumes before any
+    /// work, for a solver whose state is out of reach (argmin's L-BFGS).
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
     /// The solver's scalar state; its vectors are put into `snap`.
     fn save_state(&self, snap: &mut Snapshot) -> Result<SolverState>;
 
@@ -134,30 +111,26 @@ pub trait Resumable<St> {
         saved: &Snapshot,
         state: St,
     ) -> Result<St>;
+
+    /// Solver-specific numbers for [`RunOutput::extras`] (dense Newton's
+    /// Hessian bytes, Newton-CG's final damping...).
+    fn extras(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+
+    /// Whether the state's cost and gradient are the full-batch objective's,
+    /// which the trace then reuses; `false` (SGD's mini-batch values) makes
+    /// the trace evaluate them, uncharged.
+    fn full_batch_state(&self) -> bool {
+        true
+    }
 }
 
-pub(crate) fn unsupported(name: &str) -> SolverError {
+/// The error for a checkpoint or resume of a solver that cannot save its state.
+pub fn unsupported(name: &str) -> SolverError {
     SolverError::Config(format!(
         "{name} cannot be checkpointed (its argmin state is not exposed); run it without --checkpoint-every"
     ))
-}
-
-impl Resumable<HfState> for crate::baselines::LbfgsSolver {
-    fn save_state(&self, _: &mut Snapshot) -> Result<SolverState> {
-        Err(unsupported("L-BFGS"))
-    }
-    fn resume(&mut self, _: &mut Problem<HfProblem>, _: &Snapshot, _: HfState) -> Result<HfState> {
-        Err(unsupported("L-BFGS"))
-    }
-}
-
-impl Resumable<HfState> for DenseNewton {
-    fn save_state(&self, _: &mut Snapshot) -> Result<SolverState> {
-        Err(unsupported("dense Newton"))
-    }
-    fn resume(&mut self, _: &mut Problem<HfProblem>, _: &Snapshot, _: HfState) -> Result<HfState> {
-        Err(unsupported("dense Newton"))
-    }
 }
 
 /// The result of one run.
@@ -174,38 +147,12 @@ pub struct RunOutput {
     pub extras: BTreeMap<String, f64>,
 }
 
-/// Solver-specific numbers reported after a run.
-pub trait Extras {
-    fn extras(&self) -> BTreeMap<String, f64> {
-        BTreeMap::new()
-    }
-}
-
-impl Extras for NewtonCg {
-    fn extras(&self) -> BTreeMap<String, f64> {
-        BTreeMap::from([("final_damping".to_string(), self.damping())])
-    }
-}
-impl Extras for Sgd {}
-impl Extras for crate::baselines::TrustRegionSolver {}
-impl Extras for crate::baselines::LbfgsSolver {}
-impl Extras for DenseNewton {
-    fn extras(&self) -> BTreeMap<String, f64> {
-        BTreeMap::from([
-            ("hessian_bytes".to_string(), self.hessian_bytes as f64),
-            ("assembly_seconds".to_string(), self.assembly_seconds),
-            ("solve_seconds".to_string(), self.solve_seconds),
-            ("eigen_fallbacks".to_string(), self.eigen_fallbacks as f64),
-        ])
-    }
-}
-
-type State_<H> = IterState<Params, Params, (), H, (), f64>;
-
-pub struct Tracked<S> {
+/// The solver under the runner: it times only the solver's own work (the
+/// clock is paused while the trace is evaluated), records the trace, and
+/// turns a failing iteration into a stop with the last good parameters.
+struct Tracked<S> {
     inner: S,
     opts: RunOptions,
-    full_batch_state: bool,
     solver_time: Duration,
     trace: Vec<TraceRecord>,
     stop: Option<StopReason>,
@@ -215,36 +162,33 @@ pub struct Tracked<S> {
     /// iteration counter restarts at 0 and has no setter, so the trace and
     /// the stopping rules add this instead.
     iter_offset: u64,
-    method: String,
-    settings: String,
+    label: RunLabel,
 }
 
 impl<S> Tracked<S> {
-    pub fn new(inner: S, opts: RunOptions, full_batch_state: bool) -> Self {
+    fn new(inner: S, opts: RunOptions, label: RunLabel) -> Self {
         Self {
             inner,
             opts,
-            full_batch_state,
             solver_time: Duration::ZERO,
             trace: Vec::new(),
             stop: None,
             last_good: None,
             records: 0,
             iter_offset: 0,
-            method: String::new(),
-            settings: String::new(),
+            label,
         }
     }
 
     /// The run's state after outer iteration `iter`, as a checkpoint.
-    fn snapshot<H>(&self, prob: &HfProblem, state: &State_<H>, iter: u64) -> Result<Snapshot>
+    fn snapshot<H>(&self, prob: &HfProblem, state: &HfState<H>, iter: u64) -> Result<Snapshot>
     where
-        S: Resumable<State_<H>>,
+        S: Resumable<HfState<H>>,
     {
         let mut snap = Snapshot {
             meta: SnapshotMeta {
-                method: self.method.clone(),
-                settings: self.settings.clone(),
+                method: self.label.method.clone(),
+                settings: self.label.settings.clone(),
                 iter,
                 finished: None,
                 cost_bits: state.get_cost().to_bits(),
@@ -275,10 +219,10 @@ impl<S> Tracked<S> {
         &mut self,
         problem: &mut Problem<HfProblem>,
         snap: &Snapshot,
-        state: State_<H>,
-    ) -> Result<State_<H>>
+        state: HfState<H>,
+    ) -> Result<HfState<H>>
     where
-        S: Resumable<State_<H>>,
+        S: Resumable<HfState<H>>,
     {
         let device = state
             .get_param()
@@ -311,14 +255,17 @@ impl<S> Tracked<S> {
     fn record<H>(
         &mut self,
         prob: &HfProblem,
-        state: &State_<H>,
+        state: &HfState<H>,
         kv: Option<&KV>,
         iter: u64,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        S: Resumable<HfState<H>>,
+    {
         let w = state
             .get_param()
             .ok_or_else(|| SolverError::Argmin("state has no parameters".into()))?;
-        let (objective, grad_norm) = match (self.full_batch_state, state.get_gradient()) {
+        let (objective, grad_norm) = match (self.inner.full_batch_state(), state.get_gradient()) {
             (true, Some(g)) => (state.get_cost(), vec::norm(&g.0)?),
             // Uncharged: the trace's own evaluation, not the solver's work.
             _ => {
@@ -407,9 +354,9 @@ impl<S> Tracked<S> {
     }
 }
 
-impl<S, H> Solver<HfProblem, State_<H>> for Tracked<S>
+impl<S, H> Solver<HfProblem, HfState<H>> for Tracked<S>
 where
-    S: Solver<HfProblem, State_<H>> + Resumable<State_<H>>,
+    S: Solver<HfProblem, HfState<H>> + Resumable<HfState<H>>,
     H: Clone,
 {
     fn name(&self) -> &str {
@@ -419,8 +366,8 @@ where
     fn init(
         &mut self,
         problem: &mut Problem<HfProblem>,
-        state: State_<H>,
-    ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
+        state: HfState<H>,
+    ) -> Result<(HfState<H>, Option<KV>), argmin::core::Error> {
         if let Some(snap) = self.opts.resume.clone() {
             return Ok((self.restore(problem, &snap, state)?, None));
         }
@@ -437,8 +384,8 @@ where
     fn next_iter(
         &mut self,
         problem: &mut Problem<HfProblem>,
-        state: State_<H>,
-    ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
+        state: HfState<H>,
+    ) -> Result<(HfState<H>, Option<KV>), argmin::core::Error> {
         let before = state.clone();
         let iter = state.get_iter() + 1 + self.iter_offset;
         let start = Instant::now();
@@ -481,7 +428,7 @@ where
         Ok((state, kv))
     }
 
-    fn terminate(&mut self, state: &State_<H>) -> TerminationStatus {
+    fn terminate(&mut self, state: &HfState<H>) -> TerminationStatus {
         if let Some(reason) = &self.stop {
             return TerminationStatus::Terminated(TerminationReason::SolverExit(
                 reason.to_string(),
@@ -512,20 +459,30 @@ impl<S> Tracked<S> {
     }
 }
 
-/// Runs `method` on `problem` from `w0`.
-pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) -> Result<RunOutput> {
+/// Runs `solver` on `problem` from `w0` under argmin's `Executor`, with the
+/// trace, stopping rules, budgets, interrupt and checkpoints of `opts`. Any
+/// argmin solver over [`HfState`] gets all of them by implementing
+/// [`Resumable`].
+pub fn run_solver<S, H>(
+    problem: HfProblem,
+    solver: S,
+    w0: Tensor,
+    opts: RunOptions,
+) -> Result<RunOutput>
+where
+    S: Solver<HfProblem, HfState<H>> + Resumable<HfState<H>>,
+    H: Clone,
+{
     problem.objective().layout().check(&w0)?;
-    if (opts.checkpoint.is_some() || opts.resume.is_some()) && !method.checkpointable() {
-        return Err(unsupported(method.name()));
+    let label = solver.label();
+    if (opts.checkpoint.is_some() || opts.resume.is_some()) && !solver.checkpointable() {
+        return Err(unsupported(&label.method));
     }
     if let Some(snap) = &opts.resume {
-        if snap.meta.method != method.name() || snap.meta.settings != method.fingerprint() {
+        if snap.meta.method != label.method || snap.meta.settings != label.settings {
             return Err(SolverError::Config(format!(
                 "the checkpoint is of {} with settings {}, not of {} with settings {}",
-                snap.meta.method,
-                snap.meta.settings,
-                method.name(),
-                method.fingerprint()
+                snap.meta.method, snap.meta.settings, label.method, label.settings
             )));
         }
         // A finished run is not rerun: its result is in the checkpoint.
@@ -535,7 +492,7 @@ pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) ->
                 .ok_or_else(|| SolverError::Config("the checkpoint has no parameters".into()))?;
             problem.counters().restore(snap.meta.counts);
             return Ok(RunOutput {
-                method: method.name().to_string(),
+                method: label.method,
                 params,
                 trace: snap.meta.trace.clone(),
                 stop: stop.clone(),
@@ -545,29 +502,15 @@ pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) ->
             });
         }
     }
-    let full = method.full_batch_state();
-    match method {
-        Method::Sgd(c) => execute(method, Sgd::new(c.clone())?, problem, w0, opts, full),
-        Method::NewtonCg(c) => execute(method, NewtonCg::new(c.clone())?, problem, w0, opts, full),
-        Method::TrustRegion(c) => execute(method, c.build()?, problem, w0, opts, full),
-        Method::Lbfgs(c) => execute(method, c.build()?, problem, w0, opts, full),
-        Method::DenseNewton(c) => execute(
-            method,
-            DenseNewton::new(c.clone())?,
-            problem,
-            w0,
-            opts,
-            full,
-        ),
-    }
+    execute(solver, label, problem, w0, opts)
 }
 
 /// A thin layer so budget checks can see the problem after each iteration.
 struct Budgeted<S>(Tracked<S>);
 
-impl<S, H> Solver<HfProblem, State_<H>> for Budgeted<S>
+impl<S, H> Solver<HfProblem, HfState<H>> for Budgeted<S>
 where
-    S: Solver<HfProblem, State_<H>> + Resumable<State_<H>>,
+    S: Solver<HfProblem, HfState<H>> + Resumable<HfState<H>>,
     H: Clone,
 {
     fn name(&self) -> &str {
@@ -577,8 +520,8 @@ where
     fn init(
         &mut self,
         problem: &mut Problem<HfProblem>,
-        state: State_<H>,
-    ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
+        state: HfState<H>,
+    ) -> Result<(HfState<H>, Option<KV>), argmin::core::Error> {
         let out = self.0.init(problem, state)?;
         self.0.check_budgets(hf_problem(problem)?, 0);
         Ok(out)
@@ -587,36 +530,33 @@ where
     fn next_iter(
         &mut self,
         problem: &mut Problem<HfProblem>,
-        state: State_<H>,
-    ) -> Result<(State_<H>, Option<KV>), argmin::core::Error> {
+        state: HfState<H>,
+    ) -> Result<(HfState<H>, Option<KV>), argmin::core::Error> {
         let iter = state.get_iter() + 1;
         let out = self.0.next_iter(problem, state)?;
         self.0.check_budgets(hf_problem(problem)?, iter);
         Ok(out)
     }
 
-    fn terminate(&mut self, state: &State_<H>) -> TerminationStatus {
+    fn terminate(&mut self, state: &HfState<H>) -> TerminationStatus {
         self.0.terminate(state)
     }
 }
 
 fn execute<S, H>(
-    method: &Method,
     solver: S,
+    label: RunLabel,
     problem: HfProblem,
     w0: Tensor,
     opts: RunOptions,
-    full_batch_state: bool,
 ) -> Result<RunOutput>
 where
-    S: Solver<HfProblem, State_<H>> + Extras + Resumable<State_<H>>,
+    S: Solver<HfProblem, HfState<H>> + Resumable<HfState<H>>,
     H: Clone,
 {
     let counters = problem.counters().clone();
     let checkpoint = opts.checkpoint.clone();
-    let mut tracked = Tracked::new(solver, opts, full_batch_state);
-    tracked.method = method.name().to_string();
-    tracked.settings = method.fingerprint();
+    let tracked = Tracked::new(solver, opts, label);
     let wrapped = Budgeted(tracked);
     let result = Executor::new(problem, wrapped)
         .configure(|s| s.param(Params(w0)))
@@ -630,7 +570,7 @@ where
         .ok_or_else(|| SolverError::Argmin("the run ended without parameters".into()))?;
     let stop = tracked.stop.clone().unwrap_or(StopReason::MaxIterations);
     let out = RunOutput {
-        method: method.name().to_string(),
+        method: tracked.label.method.clone(),
         params,
         trace: tracked.trace.clone(),
         stop,
@@ -651,8 +591,8 @@ where
 fn finished_snapshot<S>(tracked: &Tracked<S>, out: &RunOutput) -> Result<Snapshot> {
     let mut snap = Snapshot {
         meta: SnapshotMeta {
-            method: tracked.method.clone(),
-            settings: tracked.settings.clone(),
+            method: tracked.label.method.clone(),
+            settings: tracked.label.settings.clone(),
             iter: out.trace.last().map_or(0, |r| r.iter),
             finished: Some(out.stop.clone()),
             cost_bits: f64::NAN.to_bits(),

@@ -8,10 +8,15 @@ use hessfree_data::{BatchSampler, SamplerState};
 use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
+use crate::argmin_glue::{HfState, hf_problem, param_device};
+use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
-use crate::newton_cg::{HfState, hf_problem};
 use crate::params::Params;
 use crate::problem::HfProblem;
+use crate::run::{Resumable, RunLabel};
+
+/// The checkpoint name of this solver's state and runs.
+const NAME: &str = "sgd";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SgdConfig {
@@ -143,17 +148,67 @@ impl Solver<HfProblem, HfState> for Sgd {
     }
 }
 
-impl crate::run::Resumable<HfState> for Sgd {
-    fn save_state(
-        &self,
-        snap: &mut crate::checkpoint::Snapshot,
-    ) -> Result<crate::checkpoint::SolverState> {
+/// SGD's state in a checkpoint: the sampler's position (the velocity is the
+/// tensor `velocity`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgdState {
+    pub sampler: Option<SamplerFields>,
+}
+
+/// [`hessfree_data::SamplerState`] field by field (it has no serde derive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerFields {
+    pub len: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub epoch: u64,
+    pub position: usize,
+}
+
+impl From<SamplerState> for SamplerFields {
+    fn from(s: SamplerState) -> Self {
+        Self {
+            len: s.len,
+            batch_size: s.batch_size,
+            seed: s.seed,
+            epoch: s.epoch,
+            position: s.position,
+        }
+    }
+}
+
+impl From<SamplerFields> for SamplerState {
+    fn from(s: SamplerFields) -> Self {
+        Self {
+            len: s.len,
+            batch_size: s.batch_size,
+            seed: s.seed,
+            epoch: s.epoch,
+            position: s.position,
+        }
+    }
+}
+
+impl Resumable<HfState> for Sgd {
+    fn label(&self) -> RunLabel {
+        RunLabel::new(NAME, &self.config)
+    }
+
+    /// The state holds a mini-batch's loss, so the trace evaluates the full one.
+    fn full_batch_state(&self) -> bool {
+        false
+    }
+
+    fn save_state(&self, snap: &mut Snapshot) -> Result<SolverState> {
         if let Some(v) = &self.velocity {
             snap.put("velocity", v)?;
         }
-        Ok(crate::checkpoint::SolverState::Sgd {
-            sampler: self.sampler_state().map(Into::into),
-        })
+        SolverState::new(
+            NAME,
+            &SgdState {
+                sampler: self.sampler_state().map(Into::into),
+            },
+        )
     }
 
     /// The sampler continues where it was in its epoch (same permutation,
@@ -162,20 +217,13 @@ impl crate::run::Resumable<HfState> for Sgd {
     fn resume(
         &mut self,
         _problem: &mut Problem<HfProblem>,
-        saved: &crate::checkpoint::Snapshot,
+        saved: &Snapshot,
         state: HfState,
     ) -> Result<HfState> {
-        let Some(crate::checkpoint::SolverState::Sgd { sampler }) = saved.meta.solver else {
-            return Err(SolverError::Config(
-                "the checkpoint has no SGD state".into(),
-            ));
-        };
+        let SgdState { sampler } = saved.solver_state(NAME)?;
         let sampler = sampler
             .ok_or_else(|| SolverError::Config("the checkpoint has no SGD sampler".into()))?;
-        let device = state
-            .get_param()
-            .map(|p| p.0.device().clone())
-            .ok_or_else(|| SolverError::Argmin("no parameters to resume from".into()))?;
+        let device = param_device(&state)?;
         self.sampler = Some(BatchSampler::restore(sampler.into())?);
         self.velocity = saved.get("velocity", &device)?;
         Ok(state)

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use checkpoint_oracle::{Outcome, check_checkpoint, check_decode, with_fixed_checksum};
-use hessfree_solvers::checkpoint::{SamplerFields, Snapshot, SnapshotMeta, SolverState};
+use hessfree_solvers::checkpoint::{Snapshot, SnapshotMeta, SolverState};
+use hessfree_solvers::newton_cg::NewtonCgState;
+use hessfree_solvers::sgd::{SamplerFields, SgdState};
+use hessfree_solvers::trust_region::TrustRegionState;
 use hessfree_solvers::{Counts, StopReason, TraceRecord};
 
 fn fuzz_dir() -> PathBuf {
@@ -87,10 +90,16 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut newton = Snapshot {
         meta: meta(
             "newton-cg",
-            Some(SolverState::NewtonCg {
-                damping_bits: 0.5f64.to_bits(),
-                failures: 1,
-            }),
+            Some(
+                SolverState::new(
+                    "newton-cg",
+                    &NewtonCgState {
+                        damping_bits: 0.5f64.to_bits(),
+                        failures: 1,
+                    },
+                )
+                .expect("state serialises"),
+            ),
             None,
         ),
         tensors: BTreeMap::new(),
@@ -113,15 +122,21 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut sgd = Snapshot {
         meta: meta(
             "sgd",
-            Some(SolverState::Sgd {
-                sampler: Some(SamplerFields {
-                    len: 16,
-                    batch_size: 4,
-                    seed: 42,
-                    epoch: 1,
-                    position: 8,
-                }),
-            }),
+            Some(
+                SolverState::new(
+                    "sgd",
+                    &SgdState {
+                        sampler: Some(SamplerFields {
+                            len: 16,
+                            batch_size: 4,
+                            seed: 42,
+                            epoch: 1,
+                            position: 8,
+                        }),
+                    },
+                )
+                .expect("state serialises"),
+            ),
             None,
         ),
         tensors: BTreeMap::new(),
@@ -136,9 +151,15 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut tr = Snapshot {
         meta: meta(
             "trust-region",
-            Some(SolverState::TrustRegion {
-                radius_bits: f64::INFINITY.to_bits(),
-            }),
+            Some(
+                SolverState::new(
+                    "trust-region",
+                    &TrustRegionState {
+                        radius_bits: f64::INFINITY.to_bits(),
+                    },
+                )
+                .expect("state serialises"),
+            ),
             Some(StopReason::Failed("objective is NaN".into())),
         ),
         tensors: BTreeMap::new(),

@@ -1,0 +1,73 @@
+//! The solvers of this crate by name, with their settings: the table the
+//! harness and the command line choose from. Every entry runs through
+//! [`run_solver`], as a solver defined elsewhere would.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::dense_newton::{DenseNewton, DenseNewtonConfig};
+use crate::error::Result;
+use crate::lbfgs::LbfgsConfig;
+use crate::newton_cg::{NewtonCg, NewtonCgConfig};
+use crate::problem::HfProblem;
+use crate::run::{RunOptions, RunOutput, run_solver};
+use crate::sgd::{Sgd, SgdConfig};
+use crate::trust_region::TrustRegionConfig;
+
+/// Which optimiser to run, with its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Method {
+    Sgd(SgdConfig),
+    NewtonCg(NewtonCgConfig),
+    TrustRegion(TrustRegionConfig),
+    Lbfgs(LbfgsConfig),
+    DenseNewton(DenseNewtonConfig),
+}
+
+impl Method {
+    pub const CHOICES: &'static str = "sgd, newton-cg, trust-region, lbfgs, dense-newton";
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Sgd(_) => "sgd",
+            Method::NewtonCg(_) => "newton-cg",
+            Method::TrustRegion(_) => "trust-region",
+            Method::Lbfgs(_) => "lbfgs",
+            Method::DenseNewton(_) => "dense-newton",
+        }
+    }
+
+    /// Checks the settings without running anything, so a harness can refuse
+    /// a bad value before any work or output.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Method::Sgd(c) => c.validate(),
+            Method::NewtonCg(c) => c.validate(),
+            Method::TrustRegion(c) => c.build().map(|_| ()),
+            Method::Lbfgs(c) => c.build().map(|_| ()),
+            Method::DenseNewton(c) => DenseNewton::new(c.clone()).map(|_| ()),
+        }
+    }
+
+    /// Whether [`RunOptions::checkpoint`] and [`RunOptions::resume`] work for
+    /// it, known before any solver is built (the solvers' own
+    /// `Resumable::checkpointable` says the same).
+    pub fn checkpointable(&self) -> bool {
+        matches!(
+            self,
+            Method::Sgd(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
+        )
+    }
+}
+
+/// Runs `method` on `problem` from `w0`.
+pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) -> Result<RunOutput> {
+    match method {
+        Method::Sgd(c) => run_solver(problem, Sgd::new(c.clone())?, w0, opts),
+        Method::NewtonCg(c) => run_solver(problem, NewtonCg::new(c.clone())?, w0, opts),
+        Method::TrustRegion(c) => run_solver(problem, c.build()?, w0, opts),
+        Method::Lbfgs(c) => run_solver(problem, c.build()?, w0, opts),
+        Method::DenseNewton(c) => run_solver(problem, DenseNewton::new(c.clone())?, w0, opts),
+    }
+}

@@ -15,16 +15,18 @@
 //! dtype other than the one the metadata names, and NaN or infinite values
 //! are each refused with a [`WeightsError`] naming the file. The file is
 //! written atomically (a temporary file in the same directory, then a
-//! rename), so a crash mid-save leaves the previous file intact.
+//! rename), so a crash mid-save leaves the previous file intact. The same
+//! model and parameters always give the same bytes, so that a resumed run
+//! writes the very file an uninterrupted one does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::TensorView;
+use safetensors::tensor::{TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
@@ -211,20 +213,63 @@ pub fn to_bytes(path: &Path, model: &Model, w: &Tensor) -> Result<Vec<u8>> {
         })?;
         views.push((spec.name.clone(), view));
     }
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("model".to_string(), model.spec().to_string()),
-        ("inputs".to_string(), model.inputs().to_string()),
-        ("classes".to_string(), model.classes().to_string()),
-        ("dtype".to_string(), format!("{st_dtype:?}")),
-        ("layout".to_string(), LAYOUT_NOTE.to_string()),
+    let metadata = BTreeMap::from([
+        ("format", FORMAT.to_string()),
+        ("model", model.spec().to_string()),
+        ("inputs", model.inputs().to_string()),
+        ("classes", model.classes().to_string()),
+        ("dtype", format!("{st_dtype:?}")),
+        ("layout", LAYOUT_NOTE.to_string()),
     ]);
-    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata)).map_err(
-        |e| WeightsError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("serialising: {e}"),
-        },
-    )
+    serialize(&views, &metadata).map_err(|e| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("serialising: {e}"),
+    })
+}
+
+/// The safetensors encoding of `tensors` with `metadata`, the same bytes for
+/// the same input every time.
+///
+/// `safetensors::serialize` takes the metadata as a `HashMap` and writes it
+/// in that map's iteration order, which std seeds at random for every map:
+/// the same weights got a different header on every save, so a resumed run
+/// never wrote the file an uninterrupted one did. Here the metadata keys are
+/// written sorted, and everything else as `safetensors::serialize` lays it
+/// out: the header's length as a little-endian `u64`, the JSON header padded
+/// with spaces to a multiple of 8 bytes (so that the data is aligned), then
+/// the tensors' data back to back in name order.
+fn serialize(
+    tensors: &[(String, TensorView<'_>)],
+    metadata: &BTreeMap<&str, String>,
+) -> serde_json::Result<Vec<u8>> {
+    let mut sorted: Vec<&(String, TensorView<'_>)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = String::from("{\"__metadata__\":");
+    header += &serde_json::to_string(metadata)?;
+    let mut offset = 0;
+    for (name, view) in &sorted {
+        let len = view.data().len();
+        let info = TensorInfo {
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data_offsets: (offset, offset + len),
+        };
+        offset += len;
+        header.push(',');
+        header += &serde_json::to_string(name)?;
+        header.push(':');
+        header += &serde_json::to_string(&info)?;
+    }
+    header.push('}');
+    let padded = header.len().next_multiple_of(8);
+    let mut out = Vec::with_capacity(8 + padded + offset);
+    out.extend_from_slice(&(padded as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.resize(8 + padded, b' ');
+    for (_, view) in &sorted {
+        out.extend_from_slice(view.data());
+    }
+    Ok(out)
 }
 
 /// Loads a file written by [`save_weights`]: the model it was saved from,

@@ -455,3 +455,72 @@ fn missing_file_and_unwritable_target_name_the_path() {
     let (_, back) = load_weights(&path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(back.to_vec1::<f32>().unwrap(), vec![1f32; 15]);
 }
+
+/// The whole file for a 2-input, 2-class softmax model in F32. The expected
+/// bytes are spelt out, so the test fails whatever order a hash map would
+/// put the metadata in, in this process or any other.
+#[test]
+fn the_same_weights_always_give_the_same_bytes() -> Result<()> {
+    let model = Model::new(ModelSpec::Softmax { bias: true }, 2, 2)?;
+    // Layout order: layer0.weight [2, 2], then layer0.bias [2].
+    let values = [0.5f32, -0.25, 1.0, 2.0, -0.0, 0.125];
+    let w = Tensor::from_vec(values.to_vec(), 6, &Device::Cpu)?;
+    let header = concat!(
+        r#"{"__metadata__":{"classes":"2","dtype":"F32","format":"hessfree-weights/1","#,
+        r#""inputs":"2","layout":"weights are [in, out]: logits = x @ W + b "#,
+        r#"(the transpose of torch.nn.Linear.weight, which is [out, in])","model":"softmax"},"#,
+        r#""layer0.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"#,
+        r#""layer0.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}}"#,
+    );
+    let padded = header.len().next_multiple_of(8);
+    let mut expected = (padded as u64).to_le_bytes().to_vec();
+    expected.extend_from_slice(header.as_bytes());
+    expected.resize(8 + padded, b' ');
+    // Tensors in name order: the bias first.
+    for x in [-0.0f32, 0.125, 0.5, -0.25, 1.0, 2.0] {
+        expected.extend_from_slice(&x.to_le_bytes());
+    }
+
+    let dir = temp_dir("same_bytes");
+    for i in 0..16 {
+        let path = dir.join(format!("{i}.safetensors"));
+        save_weights(&path, &model, &w)?;
+        let bytes = fs::read(&path)?;
+        assert!(
+            bytes == expected,
+            "save {i} wrote\n{}\nexpected\n{}",
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+    let (back, w2) = from_bytes(&expected, Path::new("x"), &Device::Cpu, DType::F32)?;
+    assert_eq!(back, model);
+    assert_eq!(bits(&w2), bits(&w));
+    Ok(())
+}
+
+/// The header is written here rather than by `safetensors::serialize`; apart
+/// from the order of the metadata keys the file must be what that writes.
+#[test]
+fn the_file_is_what_safetensors_itself_writes_up_to_metadata_order() -> Result<()> {
+    for model in models() {
+        for dtype in [DType::F32, DType::F64] {
+            let ours = to_bytes(Path::new("x"), &model, &params(&model, dtype))?;
+            let (n, header) = SafeTensors::read_metadata(&ours)?;
+            let file = SafeTensors::deserialize(&ours)?;
+            let theirs = safetensors::serialize(file.tensors(), header.metadata().clone())?;
+            let (m, _) = SafeTensors::read_metadata(&theirs)?;
+            assert_eq!(n, m, "{} {dtype:?}: header length", model.spec());
+            let json =
+                |b: &[u8]| -> serde_json::Value { serde_json::from_slice(&b[8..8 + n]).unwrap() };
+            assert_eq!(json(&ours), json(&theirs), "{} {dtype:?}", model.spec());
+            assert_eq!(
+                ours[8 + n..],
+                theirs[8 + n..],
+                "{} {dtype:?}: data",
+                model.spec()
+            );
+        }
+    }
+    Ok(())
+}

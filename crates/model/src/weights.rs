@@ -12,8 +12,9 @@
 //!
 //! [`load_weights`] trusts nothing in the file: a truncated or corrupt file,
 //! missing or unknown metadata, a missing, unexpected or misshapen tensor, a
-//! dtype other than the one the metadata names, and NaN or infinite values
-//! are each refused with a [`WeightsError`] naming the file. The file is
+//! dtype other than the one the metadata names, NaN or infinite values, and
+//! values too large for the dtype they are loaded as are each refused with
+//! a [`WeightsError`] naming the file. The file is
 //! written atomically (a temporary file in the same directory, then a
 //! rename), so a crash mid-save leaves the previous file intact. The same
 //! model and parameters always give the same bytes, so that a resumed run
@@ -128,6 +129,22 @@ pub enum WeightsError {
         name: String,
         index: usize,
         value: f64,
+    },
+
+    /// A finite value in the file that the dtype asked for cannot hold.
+    #[error(
+        "{}: tensor `{name}` holds {value:e} at flat index {index}, beyond the range of {dtype}, \
+         the dtype it is loaded as; expected values {dtype} can hold, or load it as {stored}, \
+         the dtype the file stores",
+        path.display()
+    )]
+    OutOfRange {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f64,
+        dtype: String,
+        stored: String,
     },
 
     #[error("{}: {reason}", path.display())]
@@ -273,8 +290,9 @@ fn serialize(
 }
 
 /// Loads a file written by [`save_weights`]: the model it was saved from,
-/// and its flat parameter vector on `device` in `dtype` (bit-exact when
-/// `dtype` is the stored one; see [`load_weights_stored`]).
+/// and its flat parameter vector on `device` in `dtype`: bit-exact when
+/// `dtype` is the stored one (see [`load_weights_stored`]), rounded
+/// otherwise, and refused if a value overflows `dtype`.
 pub fn load_weights(path: &Path, device: &Device, dtype: DType) -> Result<(Model, Tensor)> {
     let bytes = fs::read(path).map_err(|source| WeightsError::Read {
         path: path.to_path_buf(),
@@ -471,16 +489,45 @@ fn decode(
             }
         }
     }
-    let tensor = match stored {
-        DType::F32 => Tensor::from_vec(flat32, params, device),
-        _ => Tensor::from_vec(flat, params, device),
-    }
-    .and_then(|t| t.to_dtype(dtype.unwrap_or(stored)))
-    .map_err(|e| WeightsError::Model {
+    let model_err = |e: candle_core::Error| WeightsError::Model {
         path: p(),
         source: e.into(),
-    })?;
-    Ok((model, tensor))
+    };
+    let target = dtype.unwrap_or(stored);
+    let converted = match stored {
+        DType::F32 => Tensor::from_slice(&flat32, params, &Device::Cpu),
+        _ => Tensor::from_slice(&flat, params, &Device::Cpu),
+    }
+    .and_then(|t| t.to_dtype(target))
+    .map_err(model_err)?;
+    if target != stored {
+        // A value the file holds finitely can still overflow a narrower
+        // dtype (1e300 as F32, 1e5 as F16): refused, or the caller would get
+        // infinities from a file that has none.
+        let back = converted
+            .to_dtype(DType::F64)
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(model_err)?;
+        if let Some(i) = back.iter().position(|x| !x.is_finite()) {
+            let spec = layout
+                .params()
+                .iter()
+                .find(|s| s.range().contains(&i))
+                .expect("the layout covers the flat vector");
+            return Err(WeightsError::OutOfRange {
+                path: p(),
+                name: spec.name.clone(),
+                index: i - spec.offset,
+                value: match stored {
+                    DType::F32 => f64::from(flat32[i]),
+                    _ => flat[i],
+                },
+                dtype: format!("{target:?}"),
+                stored: format!("{st_dtype:?}"),
+            });
+        }
+    }
+    Ok((model, converted.to_device(device).map_err(model_err)?))
 }
 
 /// Parses what `ModelSpec`'s `Display` prints; `None` unless it prints

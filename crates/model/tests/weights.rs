@@ -365,6 +365,56 @@ fn nan_and_infinite_values_are_refused_on_load_and_on_save() {
     assert!(matches!(err, WeightsError::Unsupported { .. }), "{err}");
 }
 
+/// The first finding of fuzzing the reader
+/// (`fuzz/regressions/weights-f64-value-overflows-f32-*`): an F64 file
+/// holding a finite value beyond F32's range, loaded as F32, gave an
+/// infinite parameter.
+#[test]
+fn values_beyond_the_dtype_asked_for_are_refused() {
+    let (model, mut tensors) = small();
+    let path = Path::new("/runs/demo/weights.safetensors");
+    let mut bias = f64_bytes(3, -0.25);
+    bias[2 * 8..].copy_from_slice(&(-1e300f64).to_le_bytes());
+    tensors[1].3 = bias;
+    let bytes = custom_file(Some(metadata_of(&model, "F64")), &tensors);
+    let (_, w) = from_bytes(&bytes, path, &Device::Cpu, DType::F64).expect("F64 holds it");
+    assert_eq!(w.to_vec1::<f64>().unwrap()[14], -1e300);
+    for (dtype, name) in [
+        (DType::F32, "F32"),
+        (DType::F16, "F16"),
+        (DType::BF16, "BF16"),
+    ] {
+        let err = from_bytes(&bytes, path, &Device::Cpu, dtype).unwrap_err();
+        assert!(
+            matches!(&err, WeightsError::OutOfRange { name: n, index: 2, value, dtype: d, stored, .. }
+                if n == "layer0.bias" && *value == -1e300 && d == name && stored == "F64"),
+            "{name}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.starts_with("/runs/demo/weights.safetensors: "), "{msg}");
+        assert!(msg.contains("beyond the range of"), "{msg}");
+    }
+
+    // F16 tops out at 65504: an F32 file of ordinary weights can exceed it.
+    let mut t32 = vec![0.5f32; 15];
+    t32[3] = 1e5;
+    let w = Tensor::from_vec(t32, 15, &Device::Cpu).unwrap();
+    let bytes = to_bytes(path, &model, &w).unwrap();
+    assert!(from_bytes(&bytes, path, &Device::Cpu, DType::F32).is_ok());
+    let err = from_bytes(&bytes, path, &Device::Cpu, DType::F16).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::OutOfRange { name, index: 3, .. } if name == "layer0.weight"),
+        "{err}"
+    );
+
+    // Underflow is rounding, not overflow: 1e-300 loads as F32 zero.
+    let (model, mut tensors) = small();
+    tensors[0].3 = f64_bytes(12, 1e-300);
+    let bytes = custom_file(Some(metadata_of(&model, "F64")), &tensors);
+    let (_, w) = from_bytes(&bytes, path, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(w.to_vec1::<f32>().unwrap()[..12], [0.0f32; 12]);
+}
+
 #[test]
 fn missing_unknown_and_invalid_metadata_are_refused() {
     let (model, tensors) = small();

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{TensorInfo, TensorView};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::ModelError;
 use crate::model::{Activation, Model, ModelSpec};
@@ -334,9 +334,17 @@ fn decode(
             reason: format!("cannot load weights as {dtype:?}, expected a floating-point dtype"),
         });
     }
-    let corrupt = |e: safetensors::SafeTensorError| WeightsError::Corrupt {
+    let corrupt = |e: SafeTensorError| WeightsError::Corrupt {
         path: p(),
-        reason: e.to_string(),
+        reason: match e {
+            // safetensors names whichever of the tensors sharing an offset
+            // its hash map yields first, so the same file gave a different
+            // error from one load to the next.
+            SafeTensorError::InvalidOffset(_) => {
+                offset_problem(bytes).unwrap_or_else(|| e.to_string())
+            }
+            e => e.to_string(),
+        },
     };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
@@ -528,6 +536,50 @@ fn decode(
         }
     }
     Ok((model, converted.to_device(device).map_err(model_err)?))
+}
+
+/// Which tensor breaks the chain of `data_offsets` that safetensors
+/// requires (each tensor's data starting where the previous one's ends, the
+/// first at 0), checked in the order safetensors checks them, by offsets,
+/// with ties broken by name; `None` if the header does not parse or the
+/// chain holds.
+fn offset_problem(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
+    let offset = |v: &serde_json::Value| usize::try_from(v.as_u64()?).ok();
+    let mut entries = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(
+            |(name, info)| match info.get("data_offsets")?.as_array()?.as_slice() {
+                [s, e] => Some((offset(s)?, offset(e)?, name.as_str())),
+                _ => None,
+            },
+        )
+        .collect::<Option<Vec<_>>>()?;
+    entries.sort_unstable();
+    let mut previous: Option<(&str, usize)> = None;
+    for (start, end, name) in entries {
+        let expected = previous.map_or(0, |(_, e)| e);
+        if start != expected {
+            let after = match previous {
+                Some((prev, _)) => format!("where `{prev}` ends"),
+                None => "the first tensor's data starts at 0".to_string(),
+            };
+            return Some(format!(
+                "tensor `{name}` has data_offsets [{start}, {end}], expected it to start at \
+                 {expected} ({after}; tensors may neither overlap nor leave gaps)"
+            ));
+        }
+        if end < start {
+            return Some(format!(
+                "tensor `{name}` has data_offsets [{start}, {end}], which end before they start"
+            ));
+        }
+        previous = Some((name, end));
+    }
+    None
 }
 
 /// Parses what `ModelSpec`'s `Display` prints; `None` unless it prints

@@ -415,6 +415,63 @@ fn values_beyond_the_dtype_asked_for_are_refused() {
     assert_eq!(w.to_vec1::<f32>().unwrap()[..12], [0.0f32; 12]);
 }
 
+/// A file laid out by hand: the header's JSON as given, then `data_len`
+/// zero bytes.
+fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
+/// The second finding of fuzzing the reader
+/// (`fuzz/regressions/weights-tied-offsets-error-names-random-tensor-*`):
+/// with two tensors at the same offsets, safetensors named whichever its hash
+/// map yielded first, so the same file gave a different error from one load
+/// to the next.
+#[test]
+fn broken_offsets_are_reported_the_same_way_every_time() {
+    let entry = |name: &str, s: usize, e: usize| {
+        format!(
+            r#""{name}":{{"dtype":"F64","shape":[{}],"data_offsets":[{s},{e}]}}"#,
+            (e - s) / 8
+        )
+    };
+    for (tensors, data_len, expected) in [
+        (
+            [entry("layer0.weight", 8, 32), entry("layer0.bias", 8, 32)],
+            32,
+            "tensor `layer0.bias` has data_offsets [8, 32], expected it to start at 0 \
+             (the first tensor's data starts at 0; tensors may neither overlap nor leave gaps)",
+        ),
+        (
+            [entry("layer0.weight", 0, 24), entry("layer0.bias", 16, 40)],
+            40,
+            "tensor `layer0.bias` has data_offsets [16, 40], expected it to start at 24 \
+             (where `layer0.weight` ends; tensors may neither overlap nor leave gaps)",
+        ),
+        (
+            [entry("layer0.weight", 0, 24), entry("layer0.bias", 32, 56)],
+            56,
+            "tensor `layer0.bias` has data_offsets [32, 56], expected it to start at 24 \
+             (where `layer0.weight` ends; tensors may neither overlap nor leave gaps)",
+        ),
+    ] {
+        let bytes = raw_file(&format!("{{{}}}", tensors.join(",")), data_len);
+        for _ in 0..32 {
+            let err = load_error(&bytes, expected);
+            assert!(matches!(err, WeightsError::Corrupt { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "/runs/demo/weights.safetensors: not a valid safetensors file \
+                     (truncated or corrupt): {expected}"
+                )
+            );
+        }
+    }
+}
+
 #[test]
 fn missing_unknown_and_invalid_metadata_are_refused() {
     let (model, tensors) = small();

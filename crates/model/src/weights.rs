@@ -337,11 +337,14 @@ fn decode(
     let corrupt = |e: SafeTensorError| WeightsError::Corrupt {
         path: p(),
         reason: match e {
-            // safetensors names whichever of the tensors sharing an offset
-            // its hash map yields first, so the same file gave a different
-            // error from one load to the next.
-            SafeTensorError::InvalidOffset(_) => {
-                offset_problem(bytes).unwrap_or_else(|| e.to_string())
+            // safetensors validates the tensors in its hash map's order where
+            // two share an offset, and so named a different tensor, or found
+            // a different problem, from one load of the same file to the next.
+            SafeTensorError::InvalidOffset(_)
+            | SafeTensorError::TensorInvalidInfo
+            | SafeTensorError::MisalignedSlice
+            | SafeTensorError::ValidationOverflow => {
+                header_problem(bytes).unwrap_or_else(|| e.to_string())
             }
             e => e.to_string(),
         },
@@ -538,43 +541,56 @@ fn decode(
     Ok((model, converted.to_device(device).map_err(model_err)?))
 }
 
-/// Which tensor breaks the chain of `data_offsets` that safetensors
-/// requires (each tensor's data starting where the previous one's ends, the
-/// first at 0), checked in the order safetensors checks them, by offsets,
-/// with ties broken by name; `None` if the header does not parse or the
-/// chain holds.
-fn offset_problem(bytes: &[u8]) -> Option<String> {
+/// The first tensor whose entry in the header safetensors' validation
+/// refuses, and why: its `data_offsets` must start where the previous
+/// tensor's end (the first at 0) and span exactly its dtype and shape.
+/// Checked in safetensors' order, by offsets, with ties broken by name;
+/// `None` if the header does not parse or every entry is sound.
+fn header_problem(bytes: &[u8]) -> Option<String> {
     let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
-    let offset = |v: &serde_json::Value| usize::try_from(v.as_u64()?).ok();
-    let mut entries = header
-        .iter()
-        .filter(|(name, _)| name.as_str() != "__metadata__")
-        .map(
-            |(name, info)| match info.get("data_offsets")?.as_array()?.as_slice() {
-                [s, e] => Some((offset(s)?, offset(e)?, name.as_str())),
-                _ => None,
-            },
-        )
-        .collect::<Option<Vec<_>>>()?;
-    entries.sort_unstable();
+    let mut entries = Vec::new();
+    for (name, info) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let info: TensorInfo = serde_json::from_value(info.clone()).ok()?;
+        entries.push((info.data_offsets, name.as_str(), info));
+    }
+    entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     let mut previous: Option<(&str, usize)> = None;
-    for (start, end, name) in entries {
+    for ((start, end), name, info) in entries {
         let expected = previous.map_or(0, |(_, e)| e);
+        let offsets = format!("tensor `{name}` has data_offsets [{start}, {end}]");
         if start != expected {
             let after = match previous {
                 Some((prev, _)) => format!("where `{prev}` ends"),
                 None => "the first tensor's data starts at 0".to_string(),
             };
             return Some(format!(
-                "tensor `{name}` has data_offsets [{start}, {end}], expected it to start at \
-                 {expected} ({after}; tensors may neither overlap nor leave gaps)"
+                "{offsets}, expected it to start at {expected} \
+                 ({after}; tensors may neither overlap nor leave gaps)"
             ));
         }
         if end < start {
+            return Some(format!("{offsets}, which end before they start"));
+        }
+        let what = format!("{:?} of shape {:?}", info.dtype, info.shape);
+        let Some(bits) = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+        else {
+            return Some(format!("tensor `{name}` is {what}, whose size overflows"));
+        };
+        if bits % 8 != 0 {
             return Some(format!(
-                "tensor `{name}` has data_offsets [{start}, {end}], which end before they start"
+                "tensor `{name}` is {what}, which is not a whole number of bytes"
+            ));
+        }
+        if end - start != bits / 8 {
+            return Some(format!(
+                "{offsets}, {} bytes, expected {} for {what}",
+                end - start,
+                bits / 8
             ));
         }
         previous = Some((name, end));

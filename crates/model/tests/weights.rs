@@ -424,42 +424,90 @@ fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
     out
 }
 
-/// The second finding of fuzzing the reader
-/// (`fuzz/regressions/weights-tied-offsets-error-names-random-tensor-*`):
-/// with two tensors at the same offsets, safetensors named whichever its hash
-/// map yielded first, so the same file gave a different error from one load
-/// to the next.
+/// The second and third findings of fuzzing the reader
+/// (`fuzz/regressions/weights-tied-offsets-*`): safetensors validates the
+/// tensors in its hash map's order where two share an offset, so the same
+/// file was refused for one tensor by one load and for another tensor, or
+/// for another reason, by the next.
 #[test]
-fn broken_offsets_are_reported_the_same_way_every_time() {
-    let entry = |name: &str, s: usize, e: usize| {
-        format!(
-            r#""{name}":{{"dtype":"F64","shape":[{}],"data_offsets":[{s},{e}]}}"#,
-            (e - s) / 8
-        )
+fn broken_tensor_entries_are_reported_the_same_way_every_time() {
+    let entry = |name: &str, dtype: &str, shape: &str, s: usize, e: usize| {
+        format!(r#""{name}":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[{s},{e}]}}"#)
     };
+    let gap = "tensors may neither overlap nor leave gaps";
     for (tensors, data_len, expected) in [
         (
-            [entry("layer0.weight", 8, 32), entry("layer0.bias", 8, 32)],
+            vec![
+                entry("layer0.weight", "F64", "[3]", 8, 32),
+                entry("layer0.bias", "F64", "[3]", 8, 32),
+            ],
             32,
-            "tensor `layer0.bias` has data_offsets [8, 32], expected it to start at 0 \
-             (the first tensor's data starts at 0; tensors may neither overlap nor leave gaps)",
+            format!(
+                "tensor `layer0.bias` has data_offsets [8, 32], expected it to start at 0 \
+                 (the first tensor's data starts at 0; {gap})"
+            ),
         ),
         (
-            [entry("layer0.weight", 0, 24), entry("layer0.bias", 16, 40)],
+            vec![
+                entry("layer0.weight", "F64", "[3]", 0, 24),
+                entry("layer0.bias", "F64", "[3]", 16, 40),
+            ],
             40,
-            "tensor `layer0.bias` has data_offsets [16, 40], expected it to start at 24 \
-             (where `layer0.weight` ends; tensors may neither overlap nor leave gaps)",
+            format!(
+                "tensor `layer0.bias` has data_offsets [16, 40], expected it to start at 24 \
+                 (where `layer0.weight` ends; {gap})"
+            ),
         ),
         (
-            [entry("layer0.weight", 0, 24), entry("layer0.bias", 32, 56)],
+            vec![
+                entry("layer0.weight", "F64", "[3]", 0, 24),
+                entry("layer0.bias", "F64", "[3]", 32, 56),
+            ],
             56,
-            "tensor `layer0.bias` has data_offsets [32, 56], expected it to start at 24 \
-             (where `layer0.weight` ends; tensors may neither overlap nor leave gaps)",
+            format!(
+                "tensor `layer0.bias` has data_offsets [32, 56], expected it to start at 24 \
+                 (where `layer0.weight` ends; {gap})"
+            ),
+        ),
+        // Tied, and one of the two also the wrong size for its shape.
+        (
+            vec![
+                entry("a", "F32", "[3]", 0, 24),
+                entry("b", "F64", "[3]", 0, 24),
+            ],
+            24,
+            "tensor `a` has data_offsets [0, 24], 24 bytes, expected 12 for F32 of shape [3]"
+                .to_string(),
+        ),
+        (
+            vec![
+                entry("a", "F64", "[3]", 0, 24),
+                entry("b", "F32", "[3]", 0, 24),
+            ],
+            24,
+            format!(
+                "tensor `b` has data_offsets [0, 24], expected it to start at 24 \
+                 (where `a` ends; {gap})"
+            ),
+        ),
+        (
+            vec![entry("a", "F64", "[18446744073709551615,2]", 0, 8)],
+            8,
+            "tensor `a` is F64 of shape [18446744073709551615, 2], whose size overflows"
+                .to_string(),
+        ),
+        (
+            vec![
+                entry("a", "F64", "[1]", 0, 8),
+                entry("b", "F64", "[1]", 8, 0),
+            ],
+            8,
+            "tensor `b` has data_offsets [8, 0], which end before they start".to_string(),
         ),
     ] {
         let bytes = raw_file(&format!("{{{}}}", tensors.join(",")), data_len);
         for _ in 0..32 {
-            let err = load_error(&bytes, expected);
+            let err = load_error(&bytes, &expected);
             assert!(matches!(err, WeightsError::Corrupt { .. }), "{err}");
             assert_eq!(
                 err.to_string(),

@@ -393,10 +393,19 @@ fn decode(
     })?;
     let count = |key: &str| {
         let text = get(key)?;
+        // Only the writer's spelling, as for the model spec: `+4` and `04`
+        // would parse as 4, and a file would not be what saving its weights
+        // writes.
         text.parse::<usize>()
             .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| bad(key, text, "a positive integer"))
+            .filter(|&n| n > 0 && n.to_string() == text)
+            .ok_or_else(|| {
+                bad(
+                    key,
+                    text,
+                    "a positive integer in plain decimal (no sign, no leading zeros)",
+                )
+            })
     };
     let (inputs, classes) = (count("inputs")?, count("classes")?);
     let dtype_text = get("dtype")?;

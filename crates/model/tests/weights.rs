@@ -555,6 +555,10 @@ fn missing_unknown_and_invalid_metadata_are_refused() {
         ("model", "softmax (tanh)", "model"),
         ("inputs", "-4", "inputs"),
         ("inputs", "four", "inputs"),
+        // Parse as numbers, but are not how the writer spells them.
+        ("inputs", "+4", "inputs"),
+        ("inputs", "04", "inputs"),
+        ("classes", " 3", "classes"),
         ("classes", "0", "classes"),
         ("dtype", "BF16", "dtype"),
         ("layout", "[out, in]", "layout"),

@@ -21,9 +21,14 @@ mkdir -p "corpus/$target" logs
 #   the 4 GiB MAX_BODY_BYTES).
 # The checkpoint target has its own seeds; its inputs reach serde_json and
 #   candle, so it gets the looser limits its runs used (2048 / 64).
-seeds=seeds rss=1024 malloc=32
+# The weights target has its own seeds and a dictionary of the header's JSON
+#   tokens; its inputs reach serde_json and candle too, but no allocation
+#   beyond 32 MiB is legitimate for an 8 KiB file.
+seeds=seeds rss=1024 malloc=32 extra=()
 if [ "$target" = checkpoint ]; then
     seeds=checkpoint-seeds rss=2048 malloc=64
+elif [ "$target" = weights ]; then
+    seeds=weights-seeds rss=2048 malloc=32 extra=(-dict=weights.dict)
 fi
 status=0
 RUSTC_BOOTSTRAP=1 nice -n 19 cargo fuzz run "$target" "corpus/$target" "$seeds" -- \
@@ -33,6 +38,7 @@ RUSTC_BOOTSTRAP=1 nice -n 19 cargo fuzz run "$target" "corpus/$target" "$seeds" 
     -malloc_limit_mb="$malloc" \
     -timeout=10 \
     -print_final_stats=1 \
+    "${extra[@]}" \
     >"logs/$target.log" 2>&1 || status=$?
 grep -E '^(stat::|Done )|^#[0-9]+ +DONE|panicked|ERROR|Failing input' "logs/$target.log" || true
 exit "$status"

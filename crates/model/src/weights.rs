@@ -12,20 +12,23 @@
 //!
 //! [`load_weights`] trusts nothing in the file: a truncated or corrupt file,
 //! missing or unknown metadata, a missing, unexpected or misshapen tensor, a
-//! dtype other than the one the metadata names, and NaN or infinite values
-//! are each refused with a [`WeightsError`] naming the file. The file is
+//! dtype other than the one the metadata names, NaN or infinite values, and
+//! values too large for the dtype they are loaded as are each refused with
+//! a [`WeightsError`] naming the file. The file is
 //! written atomically (a temporary file in the same directory, then a
-//! rename), so a crash mid-save leaves the previous file intact.
+//! rename), so a crash mid-save leaves the previous file intact. The same
+//! model and parameters always give the same bytes, so that a resumed run
+//! writes the very file an uninterrupted one does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::{TensorInfo, TensorView};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::ModelError;
 use crate::model::{Activation, Model, ModelSpec};
@@ -128,6 +131,22 @@ pub enum WeightsError {
         value: f64,
     },
 
+    /// A finite value in the file that the dtype asked for cannot hold.
+    #[error(
+        "{}: tensor `{name}` holds {value:e} at flat index {index}, beyond the range of {dtype}, \
+         the dtype it is loaded as; expected values {dtype} can hold, or load it as {stored}, \
+         the dtype the file stores",
+        path.display()
+    )]
+    OutOfRange {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f64,
+        dtype: String,
+        stored: String,
+    },
+
     #[error("{}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
 
@@ -211,25 +230,69 @@ pub fn to_bytes(path: &Path, model: &Model, w: &Tensor) -> Result<Vec<u8>> {
         })?;
         views.push((spec.name.clone(), view));
     }
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("model".to_string(), model.spec().to_string()),
-        ("inputs".to_string(), model.inputs().to_string()),
-        ("classes".to_string(), model.classes().to_string()),
-        ("dtype".to_string(), format!("{st_dtype:?}")),
-        ("layout".to_string(), LAYOUT_NOTE.to_string()),
+    let metadata = BTreeMap::from([
+        ("format", FORMAT.to_string()),
+        ("model", model.spec().to_string()),
+        ("inputs", model.inputs().to_string()),
+        ("classes", model.classes().to_string()),
+        ("dtype", format!("{st_dtype:?}")),
+        ("layout", LAYOUT_NOTE.to_string()),
     ]);
-    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata)).map_err(
-        |e| WeightsError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("serialising: {e}"),
-        },
-    )
+    serialize(&views, &metadata).map_err(|e| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("serialising: {e}"),
+    })
+}
+
+/// The safetensors encoding of `tensors` with `metadata`, the same bytes for
+/// the same input every time.
+///
+/// `safetensors::serialize` takes the metadata as a `HashMap` and writes it
+/// in that map's iteration order, which std seeds at random for every map:
+/// the same weights got a different header on every save, so a resumed run
+/// never wrote the file an uninterrupted one did. Here the metadata keys are
+/// written sorted, and everything else as `safetensors::serialize` lays it
+/// out: the header's length as a little-endian `u64`, the JSON header padded
+/// with spaces to a multiple of 8 bytes (so that the data is aligned), then
+/// the tensors' data back to back in name order.
+fn serialize(
+    tensors: &[(String, TensorView<'_>)],
+    metadata: &BTreeMap<&str, String>,
+) -> serde_json::Result<Vec<u8>> {
+    let mut sorted: Vec<&(String, TensorView<'_>)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = String::from("{\"__metadata__\":");
+    header += &serde_json::to_string(metadata)?;
+    let mut offset = 0;
+    for (name, view) in &sorted {
+        let len = view.data().len();
+        let info = TensorInfo {
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data_offsets: (offset, offset + len),
+        };
+        offset += len;
+        header.push(',');
+        header += &serde_json::to_string(name)?;
+        header.push(':');
+        header += &serde_json::to_string(&info)?;
+    }
+    header.push('}');
+    let padded = header.len().next_multiple_of(8);
+    let mut out = Vec::with_capacity(8 + padded + offset);
+    out.extend_from_slice(&(padded as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.resize(8 + padded, b' ');
+    for (_, view) in &sorted {
+        out.extend_from_slice(view.data());
+    }
+    Ok(out)
 }
 
 /// Loads a file written by [`save_weights`]: the model it was saved from,
-/// and its flat parameter vector on `device` in `dtype` (bit-exact when
-/// `dtype` is the stored one; see [`load_weights_stored`]).
+/// and its flat parameter vector on `device` in `dtype`: bit-exact when
+/// `dtype` is the stored one (see [`load_weights_stored`]), rounded
+/// otherwise, and refused if a value overflows `dtype`.
 pub fn load_weights(path: &Path, device: &Device, dtype: DType) -> Result<(Model, Tensor)> {
     let bytes = fs::read(path).map_err(|source| WeightsError::Read {
         path: path.to_path_buf(),
@@ -271,9 +334,20 @@ fn decode(
             reason: format!("cannot load weights as {dtype:?}, expected a floating-point dtype"),
         });
     }
-    let corrupt = |e: safetensors::SafeTensorError| WeightsError::Corrupt {
+    let corrupt = |e: SafeTensorError| WeightsError::Corrupt {
         path: p(),
-        reason: e.to_string(),
+        reason: match e {
+            // safetensors validates the tensors in its hash map's order where
+            // two share an offset, and so named a different tensor, or found
+            // a different problem, from one load of the same file to the next.
+            SafeTensorError::InvalidOffset(_)
+            | SafeTensorError::TensorInvalidInfo
+            | SafeTensorError::MisalignedSlice
+            | SafeTensorError::ValidationOverflow => {
+                header_problem(bytes).unwrap_or_else(|| e.to_string())
+            }
+            e => e.to_string(),
+        },
     };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
@@ -319,10 +393,19 @@ fn decode(
     })?;
     let count = |key: &str| {
         let text = get(key)?;
+        // Only the writer's spelling, as for the model spec: `+4` and `04`
+        // would parse as 4, and a file would not be what saving its weights
+        // writes.
         text.parse::<usize>()
             .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| bad(key, text, "a positive integer"))
+            .filter(|&n| n > 0 && n.to_string() == text)
+            .ok_or_else(|| {
+                bad(
+                    key,
+                    text,
+                    "a positive integer in plain decimal (no sign, no leading zeros)",
+                )
+            })
     };
     let (inputs, classes) = (count("inputs")?, count("classes")?);
     let dtype_text = get("dtype")?;
@@ -426,16 +509,102 @@ fn decode(
             }
         }
     }
-    let tensor = match stored {
-        DType::F32 => Tensor::from_vec(flat32, params, device),
-        _ => Tensor::from_vec(flat, params, device),
-    }
-    .and_then(|t| t.to_dtype(dtype.unwrap_or(stored)))
-    .map_err(|e| WeightsError::Model {
+    let model_err = |e: candle_core::Error| WeightsError::Model {
         path: p(),
         source: e.into(),
-    })?;
-    Ok((model, tensor))
+    };
+    let target = dtype.unwrap_or(stored);
+    let converted = match stored {
+        DType::F32 => Tensor::from_slice(&flat32, params, &Device::Cpu),
+        _ => Tensor::from_slice(&flat, params, &Device::Cpu),
+    }
+    .and_then(|t| t.to_dtype(target))
+    .map_err(model_err)?;
+    if target != stored {
+        // A value the file holds finitely can still overflow a narrower
+        // dtype (1e300 as F32, 1e5 as F16): refused, or the caller would get
+        // infinities from a file that has none.
+        let back = converted
+            .to_dtype(DType::F64)
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(model_err)?;
+        if let Some(i) = back.iter().position(|x| !x.is_finite()) {
+            let spec = layout
+                .params()
+                .iter()
+                .find(|s| s.range().contains(&i))
+                .expect("the layout covers the flat vector");
+            return Err(WeightsError::OutOfRange {
+                path: p(),
+                name: spec.name.clone(),
+                index: i - spec.offset,
+                value: match stored {
+                    DType::F32 => f64::from(flat32[i]),
+                    _ => flat[i],
+                },
+                dtype: format!("{target:?}"),
+                stored: format!("{st_dtype:?}"),
+            });
+        }
+    }
+    Ok((model, converted.to_device(device).map_err(model_err)?))
+}
+
+/// The first tensor whose entry in the header safetensors' validation
+/// refuses, and why: its `data_offsets` must start where the previous
+/// tensor's end (the first at 0) and span exactly its dtype and shape.
+/// Checked in safetensors' order, by offsets, with ties broken by name;
+/// `None` if the header does not parse or every entry is sound.
+fn header_problem(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
+    let mut entries = Vec::new();
+    for (name, info) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let info: TensorInfo = serde_json::from_value(info.clone()).ok()?;
+        entries.push((info.data_offsets, name.as_str(), info));
+    }
+    entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut previous: Option<(&str, usize)> = None;
+    for ((start, end), name, info) in entries {
+        let expected = previous.map_or(0, |(_, e)| e);
+        let offsets = format!("tensor `{name}` has data_offsets [{start}, {end}]");
+        if start != expected {
+            let after = match previous {
+                Some((prev, _)) => format!("where `{prev}` ends"),
+                None => "the first tensor's data starts at 0".to_string(),
+            };
+            return Some(format!(
+                "{offsets}, expected it to start at {expected} \
+                 ({after}; tensors may neither overlap nor leave gaps)"
+            ));
+        }
+        if end < start {
+            return Some(format!("{offsets}, which end before they start"));
+        }
+        let what = format!("{:?} of shape {:?}", info.dtype, info.shape);
+        let Some(bits) = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+        else {
+            return Some(format!("tensor `{name}` is {what}, whose size overflows"));
+        };
+        if bits % 8 != 0 {
+            return Some(format!(
+                "tensor `{name}` is {what}, which is not a whole number of bytes"
+            ));
+        }
+        if end - start != bits / 8 {
+            return Some(format!(
+                "{offsets}, {} bytes, expected {} for {what}",
+                end - start,
+                bits / 8
+            ));
+        }
+        previous = Some((name, end));
+    }
+    None
 }
 
 /// Parses what `ModelSpec`'s `Display` prints; `None` unless it prints

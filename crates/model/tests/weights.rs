@@ -365,6 +365,161 @@ fn nan_and_infinite_values_are_refused_on_load_and_on_save() {
     assert!(matches!(err, WeightsError::Unsupported { .. }), "{err}");
 }
 
+/// The first finding of fuzzing the reader
+/// (`fuzz/regressions/weights-f64-value-overflows-f32-*`): an F64 file
+/// holding a finite value beyond F32's range, loaded as F32, gave an
+/// infinite parameter.
+#[test]
+fn values_beyond_the_dtype_asked_for_are_refused() {
+    let (model, mut tensors) = small();
+    let path = Path::new("/runs/demo/weights.safetensors");
+    let mut bias = f64_bytes(3, -0.25);
+    bias[2 * 8..].copy_from_slice(&(-1e300f64).to_le_bytes());
+    tensors[1].3 = bias;
+    let bytes = custom_file(Some(metadata_of(&model, "F64")), &tensors);
+    let (_, w) = from_bytes(&bytes, path, &Device::Cpu, DType::F64).expect("F64 holds it");
+    assert_eq!(w.to_vec1::<f64>().unwrap()[14], -1e300);
+    for (dtype, name) in [
+        (DType::F32, "F32"),
+        (DType::F16, "F16"),
+        (DType::BF16, "BF16"),
+    ] {
+        let err = from_bytes(&bytes, path, &Device::Cpu, dtype).unwrap_err();
+        assert!(
+            matches!(&err, WeightsError::OutOfRange { name: n, index: 2, value, dtype: d, stored, .. }
+                if n == "layer0.bias" && *value == -1e300 && d == name && stored == "F64"),
+            "{name}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.starts_with("/runs/demo/weights.safetensors: "), "{msg}");
+        assert!(msg.contains("beyond the range of"), "{msg}");
+    }
+
+    // F16 tops out at 65504: an F32 file of ordinary weights can exceed it.
+    let mut t32 = vec![0.5f32; 15];
+    t32[3] = 1e5;
+    let w = Tensor::from_vec(t32, 15, &Device::Cpu).unwrap();
+    let bytes = to_bytes(path, &model, &w).unwrap();
+    assert!(from_bytes(&bytes, path, &Device::Cpu, DType::F32).is_ok());
+    let err = from_bytes(&bytes, path, &Device::Cpu, DType::F16).unwrap_err();
+    assert!(
+        matches!(&err, WeightsError::OutOfRange { name, index: 3, .. } if name == "layer0.weight"),
+        "{err}"
+    );
+
+    // Underflow is rounding, not overflow: 1e-300 loads as F32 zero.
+    let (model, mut tensors) = small();
+    tensors[0].3 = f64_bytes(12, 1e-300);
+    let bytes = custom_file(Some(metadata_of(&model, "F64")), &tensors);
+    let (_, w) = from_bytes(&bytes, path, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(w.to_vec1::<f32>().unwrap()[..12], [0.0f32; 12]);
+}
+
+/// A file laid out by hand: the header's JSON as given, then `data_len`
+/// zero bytes.
+fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
+/// The second and third findings of fuzzing the reader
+/// (`fuzz/regressions/weights-tied-offsets-*`): safetensors validates the
+/// tensors in its hash map's order where two share an offset, so the same
+/// file was refused for one tensor by one load and for another tensor, or
+/// for another reason, by the next.
+#[test]
+fn broken_tensor_entries_are_reported_the_same_way_every_time() {
+    let entry = |name: &str, dtype: &str, shape: &str, s: usize, e: usize| {
+        format!(r#""{name}":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[{s},{e}]}}"#)
+    };
+    let gap = "tensors may neither overlap nor leave gaps";
+    for (tensors, data_len, expected) in [
+        (
+            vec![
+                entry("layer0.weight", "F64", "[3]", 8, 32),
+                entry("layer0.bias", "F64", "[3]", 8, 32),
+            ],
+            32,
+            format!(
+                "tensor `layer0.bias` has data_offsets [8, 32], expected it to start at 0 \
+                 (the first tensor's data starts at 0; {gap})"
+            ),
+        ),
+        (
+            vec![
+                entry("layer0.weight", "F64", "[3]", 0, 24),
+                entry("layer0.bias", "F64", "[3]", 16, 40),
+            ],
+            40,
+            format!(
+                "tensor `layer0.bias` has data_offsets [16, 40], expected it to start at 24 \
+                 (where `layer0.weight` ends; {gap})"
+            ),
+        ),
+        (
+            vec![
+                entry("layer0.weight", "F64", "[3]", 0, 24),
+                entry("layer0.bias", "F64", "[3]", 32, 56),
+            ],
+            56,
+            format!(
+                "tensor `layer0.bias` has data_offsets [32, 56], expected it to start at 24 \
+                 (where `layer0.weight` ends; {gap})"
+            ),
+        ),
+        // Tied, and one of the two also the wrong size for its shape.
+        (
+            vec![
+                entry("a", "F32", "[3]", 0, 24),
+                entry("b", "F64", "[3]", 0, 24),
+            ],
+            24,
+            "tensor `a` has data_offsets [0, 24], 24 bytes, expected 12 for F32 of shape [3]"
+                .to_string(),
+        ),
+        (
+            vec![
+                entry("a", "F64", "[3]", 0, 24),
+                entry("b", "F32", "[3]", 0, 24),
+            ],
+            24,
+            format!(
+                "tensor `b` has data_offsets [0, 24], expected it to start at 24 \
+                 (where `a` ends; {gap})"
+            ),
+        ),
+        (
+            vec![entry("a", "F64", "[18446744073709551615,2]", 0, 8)],
+            8,
+            "tensor `a` is F64 of shape [18446744073709551615, 2], whose size overflows"
+                .to_string(),
+        ),
+        (
+            vec![
+                entry("a", "F64", "[1]", 0, 8),
+                entry("b", "F64", "[1]", 8, 0),
+            ],
+            8,
+            "tensor `b` has data_offsets [8, 0], which end before they start".to_string(),
+        ),
+    ] {
+        let bytes = raw_file(&format!("{{{}}}", tensors.join(",")), data_len);
+        for _ in 0..32 {
+            let err = load_error(&bytes, &expected);
+            assert!(matches!(err, WeightsError::Corrupt { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "/runs/demo/weights.safetensors: not a valid safetensors file \
+                     (truncated or corrupt): {expected}"
+                )
+            );
+        }
+    }
+}
+
 #[test]
 fn missing_unknown_and_invalid_metadata_are_refused() {
     let (model, tensors) = small();
@@ -400,6 +555,10 @@ fn missing_unknown_and_invalid_metadata_are_refused() {
         ("model", "softmax (tanh)", "model"),
         ("inputs", "-4", "inputs"),
         ("inputs", "four", "inputs"),
+        // Parse as numbers, but are not how the writer spells them.
+        ("inputs", "+4", "inputs"),
+        ("inputs", "04", "inputs"),
+        ("classes", " 3", "classes"),
         ("classes", "0", "classes"),
         ("dtype", "BF16", "dtype"),
         ("layout", "[out, in]", "layout"),
@@ -454,4 +613,73 @@ fn missing_file_and_unwritable_target_name_the_path() {
     save_weights(&path, &model, &ones).unwrap();
     let (_, back) = load_weights(&path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(back.to_vec1::<f32>().unwrap(), vec![1f32; 15]);
+}
+
+/// The whole file for a 2-input, 2-class softmax model in F32. The expected
+/// bytes are spelt out, so the test fails whatever order a hash map would
+/// put the metadata in, in this process or any other.
+#[test]
+fn the_same_weights_always_give_the_same_bytes() -> Result<()> {
+    let model = Model::new(ModelSpec::Softmax { bias: true }, 2, 2)?;
+    // Layout order: layer0.weight [2, 2], then layer0.bias [2].
+    let values = [0.5f32, -0.25, 1.0, 2.0, -0.0, 0.125];
+    let w = Tensor::from_vec(values.to_vec(), 6, &Device::Cpu)?;
+    let header = concat!(
+        r#"{"__metadata__":{"classes":"2","dtype":"F32","format":"hessfree-weights/1","#,
+        r#""inputs":"2","layout":"weights are [in, out]: logits = x @ W + b "#,
+        r#"(the transpose of torch.nn.Linear.weight, which is [out, in])","model":"softmax"},"#,
+        r#""layer0.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"#,
+        r#""layer0.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}}"#,
+    );
+    let padded = header.len().next_multiple_of(8);
+    let mut expected = (padded as u64).to_le_bytes().to_vec();
+    expected.extend_from_slice(header.as_bytes());
+    expected.resize(8 + padded, b' ');
+    // Tensors in name order: the bias first.
+    for x in [-0.0f32, 0.125, 0.5, -0.25, 1.0, 2.0] {
+        expected.extend_from_slice(&x.to_le_bytes());
+    }
+
+    let dir = temp_dir("same_bytes");
+    for i in 0..16 {
+        let path = dir.join(format!("{i}.safetensors"));
+        save_weights(&path, &model, &w)?;
+        let bytes = fs::read(&path)?;
+        assert!(
+            bytes == expected,
+            "save {i} wrote\n{}\nexpected\n{}",
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+    let (back, w2) = from_bytes(&expected, Path::new("x"), &Device::Cpu, DType::F32)?;
+    assert_eq!(back, model);
+    assert_eq!(bits(&w2), bits(&w));
+    Ok(())
+}
+
+/// The header is written here rather than by `safetensors::serialize`; apart
+/// from the order of the metadata keys the file must be what that writes.
+#[test]
+fn the_file_is_what_safetensors_itself_writes_up_to_metadata_order() -> Result<()> {
+    for model in models() {
+        for dtype in [DType::F32, DType::F64] {
+            let ours = to_bytes(Path::new("x"), &model, &params(&model, dtype))?;
+            let (n, header) = SafeTensors::read_metadata(&ours)?;
+            let file = SafeTensors::deserialize(&ours)?;
+            let theirs = safetensors::serialize(file.tensors(), header.metadata().clone())?;
+            let (m, _) = SafeTensors::read_metadata(&theirs)?;
+            assert_eq!(n, m, "{} {dtype:?}: header length", model.spec());
+            let json =
+                |b: &[u8]| -> serde_json::Value { serde_json::from_slice(&b[8..8 + n]).unwrap() };
+            assert_eq!(json(&ours), json(&theirs), "{} {dtype:?}", model.spec());
+            assert_eq!(
+                ours[8 + n..],
+                theirs[8 + n..],
+                "{} {dtype:?}: data",
+                model.spec()
+            );
+        }
+    }
+    Ok(())
 }

@@ -83,3 +83,43 @@ fn own_model_spectrum_reports_eigenvalues_and_trace() {
         .expect("products line");
     assert_eq!(products, 28.0, "{text}");
 }
+
+/// The last line's parameter checksum.
+fn checksum(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("parameters fnv1a"))
+        .unwrap_or_else(|| panic!("no checksum in:\n{text}"));
+    line.trim_start_matches("parameters fnv1a ").to_string()
+}
+
+#[test]
+fn custom_solver_interrupted_and_resumed_in_another_process_ends_bit_for_bit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ckpt = dir.path().join("momentum.ckpt");
+    let ckpt = ckpt.to_str().expect("utf-8 path");
+    let full = run_example("custom_solver", &["300", "15"]);
+    assert!(
+        full.contains("stopped: maximum iterations after 15 steps"),
+        "{full}"
+    );
+    let cut = run_example("custom_solver", &["300", "15", "--interrupt-at", "6", ckpt]);
+    assert!(cut.contains("stopped: interrupted after 6 steps"), "{cut}");
+    assert_ne!(checksum(&cut), checksum(&full), "the cut run stopped early");
+    let resumed = run_example("custom_solver", &["300", "15", "--resume", ckpt]);
+    assert!(resumed.contains("after 15 steps"), "{resumed}");
+    assert_eq!(
+        checksum(&resumed),
+        checksum(&full),
+        "resumed:\n{resumed}\nfull:\n{full}"
+    );
+    // The resumed trace carries on from the checkpoint: its last rows are
+    // the uninterrupted run's.
+    let tail = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("iter"))
+            .last()
+            .map(str::to_string)
+    };
+    assert_eq!(tail(&resumed), tail(&full));
+}

@@ -113,12 +113,12 @@ fn custom_solver_interrupted_and_resumed_in_another_process_ends_bit_for_bit() {
         checksum(&full),
         "resumed:\n{resumed}\nfull:\n{full}"
     );
-    // The resumed trace carries on from the checkpoint: its last rows are
+    // The resumed trace carries on from the checkpoint: its last row is
     // the uninterrupted run's.
     let tail = |t: &str| {
         t.lines()
-            .filter(|l| l.starts_with("iter"))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("iter"))
             .map(str::to_string)
     };
     assert_eq!(tail(&resumed), tail(&full));

@@ -22,9 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{TensorInfo, TensorView};
@@ -175,7 +173,10 @@ fn file_dtype(dtype: DType) -> Option<Dtype> {
 /// one that [`load_weights`] accepts.
 pub fn save_weights(path: &Path, model: &Model, w: &Tensor) -> Result<()> {
     let bytes = to_bytes(path, model, w)?;
-    write_atomic(path, &bytes)
+    hessfree_data::write_atomic(path, &bytes).map_err(|source| WeightsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The file contents [`save_weights`] would write (`path` only names the
@@ -636,54 +637,6 @@ fn param_count(spec: &ModelSpec, inputs: usize, classes: usize) -> Option<usize>
             .checked_add(if bias { pair[1] } else { 0 })?;
         acc.checked_add(layer)
     })
-}
-
-/// Writes `bytes` to a fresh temporary file next to `path`, syncs it and
-/// renames it over `path`: readers see the old file or the new one, never
-/// a partial one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let write_err = |source| WeightsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            write_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the path names no file",
-            ))
-        })?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable where directories can be synced.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@
 //! at any moment leaves at least one complete checkpoint.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -310,24 +309,18 @@ pub fn prev_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `snapshot` to `path` atomically, keeping the old file as `.prev`.
+/// A failed write leaves no temporary file, and is an I/O error naming the
+/// file and the step that failed.
 pub fn write_atomic(path: &Path, snapshot: &Snapshot) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| {
-        SolverError::Config(format!("checkpoint {}: {what}: {e}", path.display()))
+    let io = |what: &str, source: std::io::Error| SolverError::Io {
+        context: format!("checkpoint {}: {what}", path.display()),
+        source,
     };
     let bytes = snapshot.encode()?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        f.write_all(&bytes).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("sync", e))?;
-    }
     if path.exists() {
-        std::fs::rename(path, prev_path(path)).map_err(|e| io("keep previous", e))?;
+        std::fs::copy(path, prev_path(path)).map_err(|e| io("keep previous", e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
-    Ok(())
+    hessfree_data::write_atomic(path, &bytes).map_err(|e| io("write", e))
 }
 
 /// Reads a checkpoint. A bad file is refused with an error naming it and,

@@ -16,6 +16,12 @@ pub enum SolverError {
     Diverged(String),
     #[error("dense linear algebra failed: {0}")]
     Dense(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<argmin::core::Error> for SolverError {

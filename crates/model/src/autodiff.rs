@@ -8,10 +8,10 @@
 //!
 //! - Candle drops the graph of every gradient (`detach`) unless the
 //!   environment variable `CANDLE_GRAD_DO_NOT_DETACH` was set when the thread
-//!   doing the backward pass first ran one. So every backward pass here runs
-//!   on a fresh thread, after this module has set the variable (if the
-//!   process did not): the products are right whatever the caller's
-//!   environment and whatever its threads did before. A fresh thread costs
+//!   doing the backward pass first ran one. So this module sets the
+//!   variable once, and every backward pass here runs on a fresh thread: the
+//!   products are right whatever the caller's environment and whatever its
+//!   threads did before. A fresh thread costs
 //!   tens of microseconds, against milliseconds for a product.
 //! - Double backward is only as right as candle's backward rules are
 //!   differentiable. Known to be wrong in candle: `max_pool2d`,
@@ -292,12 +292,11 @@ fn first_rows(data: &Batches, rows: usize) -> Result<(Tensor, Tensor)> {
 fn on_grad_thread<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
     static SET: Once = Once::new();
     SET.call_once(|| {
-        if std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
-            // SAFETY: set once, before the first backward pass of this
-            // objective; the one variable it writes is read by candle only,
-            // at the start of each new thread's first backward pass.
-            unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
-        }
+        // SAFETY: written once, before the first backward pass of any
+        // objective here; candle reads it only at the start of each new
+        // thread's first backward pass. Set whatever the caller had: "0"
+        // would only make every product fail.
+        unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     });
     std::thread::scope(|s| {
         s.spawn(f).join().unwrap_or_else(|_| {
@@ -311,7 +310,7 @@ fn on_grad_thread<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
 fn not_detached_error() -> ModelError {
     ModelError::Unsupported(
         "double backward found no path back to the parameters: candle detached the gradient \
-         (CANDLE_GRAD_DO_NOT_DETACH is set to 0 or false in this process; unset it)"
+         (something reset CANDLE_GRAD_DO_NOT_DETACH after this objective set it)"
             .into(),
     )
 }

@@ -31,7 +31,7 @@
 //! `cpu/softmax/hvp-density/{dtype}/n10000/d{percent}/{u8,csr}/{level}`
 //! (`density_sweep`) times the HVP on random bytes of 5% to 50% non-zeros,
 //! dense bytes against compressed rows, at each level: where the two cross
-//! is what `hessfree_model::csr::CSR_MAX_DENSITY` is set from.
+//! is what `hessfree_model::csr::csr_max_density` is set from.
 //!
 //! The `fused-*` ids without a level run the best level the CPU has, or
 //! `HESSFREE_SIMD` (`scalar`, `avx2`, ...) if set; the level is printed. The
@@ -274,7 +274,7 @@ fn softmax_cuda(c: &mut Criterion) {
 }
 
 /// The HVP on random `[10000, 784]` bytes of a given density, dense `u8`
-/// against CSR, at each level: the crossover behind `CSR_MAX_DENSITY`.
+/// against CSR, at each level: the crossover behind `csr_max_density`.
 fn density_sweep(c: &mut Criterion) {
     use hessfree_model::csr::CsrU8;
     use hessfree_model::fused::{Targets, XData};

@@ -5,8 +5,8 @@
 //! (a `u16` column and a `u8` value) instead of one byte per pixel. Whether
 //! that is faster depends on the density and the instruction set: the dense
 //! kernels stream `X` at full vector width, the sparse ones gather rows of
-//! the weights. [`CSR_MAX_DENSITY`] is where the sparse kernels stop paying,
-//! as measured by the `cpu/softmax/.../csr-u8` benchmarks.
+//! the weights. [`csr_max_density`] is where the sparse kernels stop paying,
+//! as measured by the `cpu/softmax/.../csr-u8` benchmarks ([`csr_max_density`]).
 
 use std::ops::Range;
 
@@ -14,19 +14,35 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::fused::Real;
+use crate::fused::{Real, SimdLevel};
 
 pub(crate) mod rows;
 use rows::{MAX_GROUP, bwd_row, for_each_group, fwd_row, store};
 
 /// The largest fraction of non-zero inputs at which
-/// [`crate::fused::XStorage::Auto`] stores `X` as CSR. From the
-/// `cpu/softmax/hvp-density` sweep on uniformly random bytes (2-core Xeon,
-/// AVX-512): the sparse HVP beat the dense `u8` one up to 20% non-zeros at
-/// every level and dtype, and lost at 30% at the AVX-512 level (f32 and f64).
-/// On MNIST itself (19% non-zeros, concentrated in the middle of the image)
-/// it was faster at every level: `cpu/softmax/{grad,hvp}/.../csr-u8`.
-pub const CSR_MAX_DENSITY: f64 = 0.25;
+/// [`crate::fused::XStorage::Auto`] stores `X` as CSR for kernels running at
+/// `level`. From the `cpu/softmax/hvp-density` sweep on uniformly random
+/// bytes (2-core Xeon, 2 threads, quiet), where the sparse HVP stopped
+/// beating the dense `u8` one in both f32 and f64:
+///
+/// - AVX-512: wins at 10% non-zeros, loses at 20% (f32 2.01 against
+///   1.74 ms);
+/// - AVX2: wins at 20%, loses at 30% in f32 (2.78 against 2.41 ms);
+/// - scalar: wins up to 50%, the largest density measured.
+///
+/// MNIST (19% non-zeros, concentrated in the middle of the image, so that
+/// the rows of `W` it gathers stay in L1) came out even at AVX-512 in f32
+/// (9.86 against 9.88 ms) and faster in f64 (16.2 against 19.3 ms), hence
+/// 0.2 there. NEON was not measured (no aarch64 machine); it gets AVX2's
+/// figure, the nearer vector width. An MLP's first layer takes the same
+/// rule; on MNIST its CSR products were 2 to 2.5x faster than the dense ones.
+pub fn csr_max_density(level: SimdLevel) -> f64 {
+    match level {
+        SimdLevel::Avx512 => 0.2,
+        SimdLevel::Avx2 | SimdLevel::Neon => 0.25,
+        SimdLevel::Scalar => 0.5,
+    }
+}
 
 /// `X` `[rows, cols]` in compressed rows: row `i`'s non-zeros are
 /// `values[indptr[i]..indptr[i+1]]` at columns `indices[..]` (ascending),

@@ -73,7 +73,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
 };
 
-use crate::csr::{CSR_MAX_DENSITY, CsrU8, byte_density};
+use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::objective::Batches;
 
@@ -257,7 +257,8 @@ impl XData {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XStorage {
     /// When every input is exactly `k/255` in the batch's dtype (MNIST is):
-    /// compressed rows if at most [`CSR_MAX_DENSITY`] of them are non-zero,
+    /// compressed rows if at most [`csr_max_density`] of them are non-zero
+    /// (for the SIMD level the kernels run at),
     /// else dense `u8`. Otherwise the batch's chunk tensors, read in place.
     #[default]
     Auto,
@@ -437,6 +438,12 @@ impl FusedSoftmax {
     /// The batch behind an objective. One-hot targets become labels; `X`
     /// becomes `u8` or stays in the chunk tensors, as `storage` says.
     pub fn from_batches(batches: &Batches, storage: XStorage) -> Result<Self> {
+        Self::from_batches_at(batches, storage, simd_level())
+    }
+
+    /// [`Self::from_batches`] running at `level` (which `auto` storage
+    /// takes into account); an error if this CPU cannot run it.
+    pub fn from_batches_at(batches: &Batches, storage: XStorage, level: SimdLevel) -> Result<Self> {
         if !matches!(batches.device(), Device::Cpu) {
             return Err(ModelError::Unsupported(
                 "the fused softmax kernels run on the CPU only".into(),
@@ -448,7 +455,7 @@ impl FusedSoftmax {
             Some(bytes) => {
                 let sparse = match storage {
                     XStorage::Csr => true,
-                    XStorage::Auto => byte_density(&bytes) <= CSR_MAX_DENSITY,
+                    XStorage::Auto => byte_density(&bytes) <= csr_max_density(level),
                     XStorage::U8 | XStorage::Float => false,
                 };
                 let x = if sparse {
@@ -478,7 +485,8 @@ impl FusedSoftmax {
             inputs,
             classes,
             batches.rows(),
-        )
+        )?
+        .with_simd_level(level)
     }
 
     pub fn rows(&self) -> usize {

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::csr::{CSR_MAX_DENSITY, CsrU8, byte_density};
+use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
-use crate::fused::{XStorage, batch_bytes};
+use crate::fused::{XStorage, batch_bytes, simd_level};
 use crate::linop::{Counter, LinOp};
 use crate::model::{Activation, Model, ModelSpec};
 use crate::objective::{
@@ -69,7 +69,8 @@ impl MlpObjective {
     /// `storage` says how the first layer reads `X`: [`XStorage::Csr`]
     /// forces compressed rows (CPU, inputs exactly `k/255`),
     /// [`XStorage::Auto`] takes them on the CPU when the inputs are bytes of
-    /// at most [`CSR_MAX_DENSITY`] non-zeros, and anything else keeps the
+    /// at most [`csr_max_density`] non-zeros (at the best SIMD level), and
+    /// anything else keeps the
     /// dense tensors (`u8` storage has no meaning for candle's matmuls).
     pub fn with_storage(
         model: Model,
@@ -261,7 +262,7 @@ fn sparse_chunks(data: &Batches, storage: XStorage) -> Result<Option<Vec<Arc<Csr
         Some(b) => b,
         None => return Ok(None),
     };
-    if storage == XStorage::Auto && byte_density(&bytes) > CSR_MAX_DENSITY {
+    if storage == XStorage::Auto && byte_density(&bytes) > csr_max_density(simd_level()) {
         return Ok(None);
     }
     let d = data.inputs();

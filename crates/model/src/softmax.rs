@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::fused::{FusedProducts, FusedSoftmax, SimdLevel, XStorage};
+use crate::fused::{FusedProducts, FusedSoftmax, SimdLevel, XStorage, simd_level};
 use crate::fused_ops::FusedOps;
 use crate::linop::{Counter, LinOp};
 use crate::model::{Model, ModelSpec};
@@ -165,11 +165,10 @@ impl SoftmaxObjective {
         self.fused = match kernel {
             SoftmaxKernel::Candle => None,
             SoftmaxKernel::Fused(storage) => {
-                let mut f = FusedSoftmax::from_batches(&self.data, storage)?;
-                if let Some(level) = self.options.simd {
-                    f = f.with_simd_level(level)?;
-                }
-                Some(Arc::new(f))
+                let level = self.options.simd.unwrap_or_else(simd_level);
+                Some(Arc::new(FusedSoftmax::from_batches_at(
+                    &self.data, storage, level,
+                )?))
             }
             SoftmaxKernel::FusedOps(storage) => Some(Arc::new(
                 FusedOps::from_batches(&self.data, storage)?

@@ -413,7 +413,14 @@ fn csr_and_dense_u8_agree_with_empty_rows_and_columns() -> R<()> {
 /// dense pixel data, and floats for anything else.
 #[test]
 fn auto_storage_follows_the_density() -> R<()> {
-    let sparse = data(50, 40, 10, 2, DType::F32)?;
+    // About 9% non-zeros: below every level's threshold.
+    let mut sparse = data(50, 40, 10, 2, DType::F32)?;
+    for row in sparse.bytes.chunks_mut(40).skip(1).step_by(2) {
+        row.fill(0);
+    }
+    sparse.x = Tensor::from_slice(&sparse.bytes, (50, 40), &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .affine(1.0 / 255.0, 0.0)?;
     let obj = reference(&sparse, true)?;
     let auto = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
     assert_eq!(auto.storage_name(), "csr-u8");
@@ -427,6 +434,32 @@ fn auto_storage_follows_the_density() -> R<()> {
     let obj = reference(&dense, true)?;
     let auto = FusedSoftmax::from_batches(obj.data(), XStorage::Auto)?;
     assert_eq!(auto.storage_name(), "u8");
+    // In between (about 35% non-zeros), the level decides: compressed rows
+    // where the level's threshold allows them.
+    let mut mid = data(60, 50, 10, 3, DType::F32)?;
+    for (t, b) in mid.bytes.iter_mut().enumerate() {
+        *b = if t % 20 < 7 { (t % 255) as u8 + 1 } else { 0 };
+    }
+    mid.x = Tensor::from_slice(&mid.bytes, (60, 50), &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .affine(1.0 / 255.0, 0.0)?;
+    let obj = reference(&mid, true)?;
+    for level in SimdLevel::available() {
+        let f = FusedSoftmax::from_batches_at(obj.data(), XStorage::Auto, level)?;
+        assert_eq!(f.simd_level(), level);
+        let want = if 0.35 <= hessfree_model::csr::csr_max_density(level) {
+            "csr-u8"
+        } else {
+            "u8"
+        };
+        assert_eq!(f.storage_name(), want, "{level}");
+    }
+    let scalar = FusedSoftmax::from_batches_at(obj.data(), XStorage::Auto, SimdLevel::Scalar)?;
+    assert_eq!(
+        scalar.storage_name(),
+        "csr-u8",
+        "the scalar level gains most"
+    );
     Ok(())
 }
 

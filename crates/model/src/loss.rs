@@ -30,6 +30,11 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
     /// `H_ℓ(z_i) u_i` for every row `i`: the loss's Hessian in the outputs,
     /// at `z` (detached by the caller), applied to `u` `[n, outputs]`.
     fn output_curvature(&self, z: &Tensor, u: &Tensor) -> Result<Tensor>;
+
+    /// `Σ_i ℓ(z_i, y_i)` and `∂ℓ/∂z` row by row, for the hand-written
+    /// backward passes (the MLP's R-operator): each loss here is matched to
+    /// its output non-linearity, so the gradient is "prediction − target".
+    fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)>;
 }
 
 /// Softmax over the outputs, then cross-entropy against target
@@ -50,6 +55,11 @@ impl Loss for SoftmaxCrossEntropy {
     fn output_curvature(&self, z: &Tensor, u: &Tensor) -> Result<Tensor> {
         let p = candle_nn::ops::softmax_last_dim(z)?;
         crate::objective::softmax_curvature_product(&p, u)
+    }
+
+    fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
+        let (loss, p) = crate::objective::softmax_cross_entropy(z, y)?;
+        Ok((loss, (p - y)?))
     }
 }
 
@@ -76,6 +86,11 @@ impl Loss for SigmoidCrossEntropy {
         let w = (&s * (1.0 - &s)?)?;
         Ok((w * u)?)
     }
+
+    fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
+        let g = (candle_nn::ops::sigmoid(z)? - y)?;
+        Ok((sum_f64(self, z, y)?, g))
+    }
 }
 
 /// Squared error for linear outputs: `ℓ = ½ Σ_c (z_c − y_c)²`, so that the
@@ -94,6 +109,10 @@ impl Loss for SquaredError {
 
     fn output_curvature(&self, _z: &Tensor, u: &Tensor) -> Result<Tensor> {
         Ok(u.clone())
+    }
+
+    fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
+        Ok((sum_f64(self, z, y)?, (z - y)?))
     }
 }
 
@@ -133,6 +152,14 @@ mod tests {
             let gm = grad(&(&z0 - (&u * h)?)?)?;
             let fd = ((gp - gm)? / (2.0 * h))?;
             let hu = loss.output_curvature(&z0, &u)?;
+            let (value, g) = loss.value_and_output_gradient(&z0, &y)?;
+            assert!(
+                (value - sum_f64(loss, &z0, &y)?).abs() < 1e-13,
+                "{}",
+                loss.name()
+            );
+            let ge = (&g - grad(&z0)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(ge < 1e-14, "{}: output gradient off by {ge:e}", loss.name());
             let err = (&fd - &hu)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(err < 1e-7, "{}: H u off by {err:e}", loss.name());
         }

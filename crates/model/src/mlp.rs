@@ -23,10 +23,9 @@ use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::fused::{XStorage, batch_bytes, simd_level};
 use crate::linop::{Counter, LinOp};
+use crate::loss::{Loss, SoftmaxCrossEntropy};
 use crate::model::{Activation, Model, ModelSpec};
-use crate::objective::{
-    Batches, CurvatureKind, Objective, softmax_cross_entropy, softmax_curvature_product,
-};
+use crate::objective::{Batches, CurvatureKind, Objective};
 use crate::params::ParamLayout;
 use crate::regularizer::{Penalty, Regularizer};
 use crate::softmax::check_shapes;
@@ -41,6 +40,7 @@ pub struct MlpObjective {
     /// first layer's products (`X W₁`, `Xᵀ δ₁`), nearly all of an MLP's
     /// work on MNIST, then run over the non-zero pixels only.
     sparse: Option<Vec<Arc<CsrU8>>>,
+    loss: Arc<dyn Loss>,
 }
 
 /// Everything the backward and R passes need from one chunk's forward pass.
@@ -52,8 +52,8 @@ struct ChunkCache {
     /// `σ'(z_l)` and `σ''(z_l)` for the hidden layers.
     d1: Vec<Tensor>,
     d2: Vec<Tensor>,
-    /// Softmax probabilities of the output.
-    p: Tensor,
+    /// The outputs `z_{L-1}`, where the loss's curvature is taken.
+    z_out: Tensor,
     /// `δ_l` for every layer (already divided by n).
     deltas: Vec<Tensor>,
     /// `e_l = δ_l W_lᵀ` for `l ≥ 1`, stored at index `l`.
@@ -95,7 +95,16 @@ impl MlpObjective {
             reg: Arc::new(reg),
             storage,
             sparse,
+            loss: Arc::new(SoftmaxCrossEntropy),
         })
+    }
+
+    /// The same MLP with `loss` on its outputs instead of softmax
+    /// cross-entropy (a linear last layer in every case: the loss applies
+    /// its own output non-linearity).
+    pub fn with_loss(mut self, loss: Arc<dyn Loss>) -> Self {
+        self.loss = loss;
+        self
     }
 
     /// `"csr-u8"` when the first layer reads compressed rows, else `None`.
@@ -135,11 +144,11 @@ impl MlpObjective {
             }
         }
         let z_out = z_out.ok_or_else(|| ModelError::Spec("the MLP has no layers".into()))?;
-        let (loss, p) = softmax_cross_entropy(&z_out, y)?;
+        let (loss, grad_out) = self.loss.value_and_output_gradient(&z_out, y)?;
         let n = self.data.rows() as f64;
         let mut deltas = vec![None; layers.len()];
         let mut e = vec![None; layers.len()];
-        let mut delta = (&p - y)?.affine(1.0 / n, 0.0)?;
+        let mut delta = grad_out.affine(1.0 / n, 0.0)?;
         for l in (0..layers.len()).rev() {
             if l > 0 {
                 let el = delta.matmul(&layers[l].0.t()?)?;
@@ -161,7 +170,7 @@ impl MlpObjective {
                 sparse_x,
                 d1,
                 d2,
-                p,
+                z_out,
                 deltas,
                 e,
             },
@@ -319,7 +328,8 @@ impl Objective for MlpObjective {
         match &self.sparse {
             None => {
                 for (x, y) in self.data.chunks() {
-                    total += softmax_cross_entropy(&self.model.logits(w, x)?, y)?.0;
+                    total +=
+                        crate::loss::sum_f64(self.loss.as_ref(), &self.model.logits(w, x)?, y)?;
                 }
             }
             Some(_) => {
@@ -362,6 +372,7 @@ impl Objective for MlpObjective {
             kind,
             rows: self.data.rows(),
             reg: self.reg.clone(),
+            loss: self.loss.clone(),
             counter: Counter::default(),
         }))
     }
@@ -408,6 +419,7 @@ impl Objective for MlpObjective {
             data,
             reg: self.reg.clone(),
             storage: self.storage,
+            loss: self.loss.clone(),
         }))
     }
 }
@@ -420,6 +432,7 @@ pub struct MlpCurvature {
     kind: CurvatureKind,
     rows: usize,
     reg: Arc<Regularizer>,
+    loss: Arc<dyn Loss>,
     counter: Counter,
 }
 
@@ -447,8 +460,10 @@ impl MlpCurvature {
             rz.push(z);
         }
         // Output: H_L R z / n.
-        let mut rdelta =
-            softmax_curvature_product(&c.p, &rz[nl - 1])?.affine(1.0 / self.rows as f64, 0.0)?;
+        let mut rdelta = self
+            .loss
+            .output_curvature(&c.z_out, &rz[nl - 1])?
+            .affine(1.0 / self.rows as f64, 0.0)?;
         // Second-order backward pass.
         let mut out = vec![None; nl];
         for l in (0..nl).rev() {

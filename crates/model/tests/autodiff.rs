@@ -254,3 +254,60 @@ fn products_are_right_without_the_environment_variable() -> R<()> {
     );
     Ok(())
 }
+
+/// The MLP's hand-written R-operator with each loss against double backward
+/// of the same network and loss.
+#[test]
+fn mlp_r_operator_matches_double_backward_for_every_loss() -> R<()> {
+    use hessfree_model::{Activation, Init, MlpObjective, Model, ModelSpec};
+    let model = Model::new(
+        ModelSpec::Mlp {
+            hidden: vec![5],
+            activation: Activation::Tanh,
+        },
+        6,
+        3,
+    )?;
+    let losses: [Arc<dyn Loss>; 3] = [
+        Arc::new(SoftmaxCrossEntropy),
+        Arc::new(SigmoidCrossEntropy),
+        Arc::new(SquaredError),
+    ];
+    for loss in losses {
+        let one_hot = loss.name() == "softmax-cross-entropy";
+        let mlp = MlpObjective::new(model.clone(), data(one_hot)?, vec![])?.with_loss(loss.clone());
+        let m2 = model.clone();
+        let auto = AutodiffObjective::new(
+            model.layout().clone(),
+            Arc::new(move |w: &Tensor, x: &Tensor| {
+                m2.logits(w, x)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }),
+            data(one_hot)?,
+            vec![],
+        )?
+        .with_loss(loss.clone());
+        let w = model.init(Init::Glorot, 3, &Device::Cpu, DType::F64)?;
+        let (la, ga) = auto.loss_and_grad(&w)?;
+        let (lm, gm) = mlp.loss_and_grad(&w)?;
+        assert!((la - lm).abs() < 1e-12 * la.abs(), "{}: loss", loss.name());
+        assert!(
+            (mlp.loss(&w)? - lm).abs() < 1e-12 * lm.abs(),
+            "{}",
+            loss.name()
+        );
+        assert!(rel(&gm, &ga)? < 1e-12, "{}: gradient", loss.name());
+        let v = direction(mlp.dim())?;
+        for kind in [CurvatureKind::Hessian, CurvatureKind::GaussNewton] {
+            let a = auto.curvature(&w, kind)?.apply(&v)?;
+            let m = mlp.curvature(&w, kind)?.apply(&v)?;
+            let e = rel(&m, &a)?;
+            assert!(
+                e < 1e-10,
+                "{} {kind}: R-operator vs double backward {e:e}",
+                loss.name()
+            );
+        }
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use pulp::{Simd, WithSimd};
 
 use super::{BLOCK_ROWS, Job, Partial, Pixel, Real, rowwise_block};
 use crate::csr::CsrU8;
-use crate::csr::rows::{MAX_GROUP, bwd_row, for_each_group, fwd_row};
+use crate::csr::rows::{MAX_GROUP, bwd_row, for_each_group, fwd_row, store};
 use crate::fused::SimdLevel;
 
 /// Rows between additions of the compute-type accumulator into `f64`: long
@@ -149,10 +149,7 @@ impl<S, T: Real> WithSimd for Forward<'_, '_, S, T> {
                     let a =
                         fwd_row::<M, T, NV, CH>(m, job.wr.as_ptr().add(g), kw, cols, vals, &bytes);
                     for (q, v) in a.iter().enumerate() {
-                        tile.as_mut_ptr()
-                            .add(q * lanes)
-                            .cast::<T::V<M>>()
-                            .write_unaligned(*v);
+                        store::<M, T>(tile.as_mut_ptr().add(q * lanes), *v);
                     }
                 }
                 let width = (NV * lanes).min(kp.saturating_sub(g));

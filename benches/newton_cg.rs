@@ -14,7 +14,7 @@ use std::time::Duration;
 use candle_core::DType;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hessfree_model::{CurvatureKind, Model, ModelSpec, Objective, Penalty, SoftmaxObjective};
-use hessfree_solvers::{HfProblem, Method, NewtonCgConfig, RunOptions, StopRules, run};
+use hessfree_solvers::{HfProblem, NewtonCg, NewtonCgConfig, RunOptions, StopRules, run_solver};
 
 fn one_iteration(max_iters: u64) -> RunOptions {
     RunOptions {
@@ -38,7 +38,7 @@ fn newton_cg(c: &mut Criterion) {
         )
         .expect("objective"),
     );
-    let method = Method::NewtonCg(NewtonCgConfig::default());
+    let solver = || NewtonCg::new(NewtonCgConfig::default()).expect("settings");
     let w0 = model
         .init(
             hessfree_model::Init::Zeros,
@@ -47,9 +47,9 @@ fn newton_cg(c: &mut Criterion) {
             DType::F64,
         )
         .expect("init");
-    let start = run(
-        &method,
+    let start = run_solver(
         HfProblem::full(obj.clone(), CurvatureKind::Hessian),
+        solver(),
         w0,
         one_iteration(5),
     )
@@ -62,9 +62,9 @@ fn newton_cg(c: &mut Criterion) {
     group.throughput(Throughput::Elements(n as u64));
     group.bench_function(format!("n{n}"), |b| {
         b.iter(|| {
-            run(
-                &method,
+            run_solver(
                 HfProblem::full(obj.clone(), CurvatureKind::Hessian),
+                solver(),
                 start.clone(),
                 one_iteration(1),
             )

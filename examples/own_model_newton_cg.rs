@@ -47,12 +47,8 @@ fn main() -> anyhow::Result<()> {
         },
         ..RunOptions::default()
     };
-    let out = run(
-        &Method::NewtonCg(NewtonCgConfig::default()),
-        problem,
-        w0,
-        options,
-    )?;
+    let solver = NewtonCg::new(NewtonCgConfig::default())?;
+    let out = run_solver(problem, solver, w0, options)?;
     for r in &out.trace {
         println!(
             "iter {:>3}  loss {:.6}  |grad| {:.3e}  products {}",

@@ -1,10 +1,12 @@
 //! hessfree: matrix-free second-order optimisation on candle.
 //!
-//! The crates, bottom up: [`data`] (MNIST-shaped IDX data), [`model`]
-//! (objectives, losses and curvature operators), [`solvers`] (Newton-CG,
-//! trust region, L-BFGS, SGD, dense Newton on argmin, with traces, stop
-//! rules and checkpoints), [`analysis`] (spectra, traces, ranks) and
-//! [`report`] (plots and tables). [`prelude`] holds what a model of your own
+//! The crates, bottom up: [`data`] (MNIST-shaped IDX data and the atomic
+//! writer), [`model`] (objectives, losses, curvature operators and the one
+//! CG), [`solvers`] (Newton-CG, trust region, L-BFGS, SGD, dense Newton on
+//! argmin, with traces, stop rules and checkpoints through one runner,
+//! [`solvers::run_solver`], open to solvers of your own), [`analysis`]
+//! (spectra, traces, ranks; it depends on `model` only) and [`report`]
+//! (plots and tables; it knows no model or solver type). [`prelude`] holds what a model of your own
 //! needs; `examples/` shows it end to end.
 //!
 //! Newton-CG with Gauss-Newton curvature on your own candle-nn model
@@ -26,7 +28,7 @@
 //! let varmap = VarMap::new();
 //! let (objective, w0) = AutodiffObjective::from_varmap(&varmap, model, data, vec![])?;
 //! let problem = HfProblem::full(Arc::new(objective), CurvatureKind::GaussNewton);
-//! let out = run(&Method::NewtonCg(NewtonCgConfig::default()), problem, w0, RunOptions::default())?;
+//! let out = run_solver(problem, NewtonCg::new(NewtonCgConfig::default())?, w0, RunOptions::default())?;
 //! println!("loss {} after {} iterations", out.trace.last().unwrap().objective, out.trace.len());
 //! # Ok(()) }
 //! ```
@@ -52,6 +54,7 @@ pub mod prelude {
         SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError,
     };
     pub use hessfree_solvers::{
-        HfProblem, Method, NewtonCgConfig, RunOptions, RunOutput, StopRules, run,
+        HfProblem, NewtonCg, NewtonCgConfig, RunOptions, RunOutput, Sgd, SgdConfig, StopRules,
+        TrustRegionConfig, run_solver,
     };
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the command-line harness of hessfree.
 //!
 //! Thin by design: each subcommand lives in its own module, parses its flags
-//! and calls into the library crates, which hold the algorithms. A new
-//! subcommand is a new module plus one variant of [`Command`].
+//! and calls the harness crate (`hessfree-harness`), which holds the
+//! experiments and reports on top of the library crates. A new subcommand
+//! is a new module plus one variant of [`Command`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,7 +19,6 @@ mod compare;
 mod data_info;
 mod eval;
 mod hessian;
-mod provenance;
 mod report;
 
 #[derive(Parser)]

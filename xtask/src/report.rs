@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use hessfree_report::compare::{CompareReport, SUMMARY_FILE};
+use hessfree_harness::compare::report::{CompareReport, SUMMARY_FILE};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {

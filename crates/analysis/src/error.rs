@@ -7,8 +7,6 @@ pub enum AnalysisError {
     Model(#[from] hessfree_model::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Report(#[from] hessfree_report::ReportError),
     #[error("eigendecomposition of a {dim}x{dim} matrix failed: {message}")]
     Eigen { dim: usize, message: String },
     #[error("invalid argument: {0}")]

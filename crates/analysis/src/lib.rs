@@ -7,36 +7,32 @@
 //! - [`trace`]: Hutchinson's trace estimator with Rademacher probes and a
 //!   confidence interval;
 //! - [`slq`]: the spectral density by stochastic Lanczos quadrature;
-//! - [`cg`]: conjugate gradients on a [`LinOp`](hessfree_model::LinOp), to
-//!   count the iterations a Newton system needs;
 //! - [`spectrum`]: all of the above for one objective at one point;
 //! - [`rank`]: the assembled softmax-regression Hessian restricted to the
 //!   pixels a batch uses, its numerical rank and the rank identity
 //!   `rank(H) = (k−1)·rank(X)`;
-//! - [`spy`]: spy plots of assembled Hessians;
+//! - [`lambda_min`]: the smallest eigenvalue of a penalised softmax Hessian,
+//!   certified by a bracket;
 //! - [`memory`]: dense bytes against the measured working memory of the
-//!   matrix-free operator;
-//! - [`study`]: the computing parts of `cargo xtask hessian` (the rank study
-//!   over MNIST batches, certified smallest eigenvalues, Newton-system CG
-//!   counts).
+//!   matrix-free operator.
 //!
-//! Nothing here optimises: the points at which curvature is analysed come
-//! from the caller.
+//! Nothing here optimises, loads data or draws: the points at which
+//! curvature is analysed come from the caller, and the one CG is
+//! [`hessfree_model::cg`]. The Hessian study that puts these together over
+//! MNIST lives in the harness crate.
 
-pub mod cg;
 pub mod error;
+pub mod lambda_min;
 pub mod lanczos;
 pub mod memory;
 pub mod rank;
 pub mod slq;
 pub mod spectrum;
-pub mod spy;
-pub mod study;
 pub mod trace;
 mod util;
 
-pub use cg::{CgOptions, CgResult, conjugate_gradient};
 pub use error::{AnalysisError, Result};
+pub use lambda_min::{LambdaMin, certify_lambda_min};
 pub use lanczos::{LanczosResult, RitzValue, lanczos, lanczos_from, tridiagonal_eigen};
 pub use memory::{OperatorMemory, ProcMemory, dense_hessian_bytes, measure_operator_memory};
 pub use rank::{
@@ -49,7 +45,6 @@ pub use spectrum::{
     laplacian_smoothest_mode, operator_spectrum, rayleigh_quotient, shift_direction,
     spectrum_report,
 };
-pub use spy::{HessianOrder, hessian_spy_mask};
 pub use trace::{TraceEstimate, hutchinson_trace, student_t_975};
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //!
 //! # Storage
 //!
-//! `X` may be stored as `u8` with a scale ([`FusedSoftmax::from_dataset`]):
+//! `X` may be stored as `u8` with a scale ([`FusedSoftmax::from_batches`]):
 //! MNIST pixels are exactly `k/255`, so this is lossless and moves 4x fewer
 //! bytes than `f32`. The scale is folded into `Z` and `R` (`X V = s·(X_u8 V)`,
 //! `Xᵀ R = X_u8ᵀ (s·R)`), so `u8` and float storage agree up to rounding, not
@@ -421,18 +421,6 @@ impl FusedSoftmax {
     /// The instruction set the kernels run with.
     pub fn simd_level(&self) -> SimdLevel {
         self.level
-    }
-
-    /// A data set of bytes, stored as `u8` with scale `1/255`.
-    pub fn from_dataset(ds: &hessfree_data::Dataset) -> Result<Self> {
-        let classes = usize::from(ds.classes);
-        let inputs = ds.pixels_per_image();
-        let x = XData::U8 {
-            data: ds.images.clone(),
-            scale: 1.0 / 255.0,
-        };
-        let labels = ds.labels.iter().map(|&l| u32::from(l)).collect();
-        Self::new(x, Targets::Labels(labels), inputs, classes, ds.len())
     }
 
     /// The batch behind an objective. One-hot targets become labels; `X`

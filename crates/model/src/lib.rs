@@ -7,10 +7,13 @@
 //! - [`Objective`]: loss, gradient and curvature over a batch, implemented in
 //!   closed form ([`SoftmaxObjective`]), by the R-operator ([`MlpObjective`])
 //!   and by double backward for any candle model ([`AutodiffObjective`]);
-//! - [`LinOp`]: the curvature as an operator that counts its own products.
+//! - [`LinOp`]: the curvature as an operator that counts its own products;
+//! - [`cg`]: preconditioned conjugate gradients on a [`LinOp`], the one CG
+//!   that the solvers and the analysis both use.
 
 pub mod autodiff;
 pub mod cast;
+pub mod cg;
 pub mod csr;
 pub mod dense;
 pub mod error;
@@ -32,6 +35,7 @@ use std::sync::Arc;
 
 pub use autodiff::{AutodiffObjective, LogitsFn};
 pub use cast::CastObjective;
+pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use error::{ModelError, Result};
 pub use linop::{Counter, Damped, LinOp, Sum};
 pub use loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};

@@ -55,7 +55,7 @@ pub enum ReportError {
 
 impl ReportError {
     /// Shorthand for [`ReportError::InvalidInput`].
-    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidInput {
             what: what.into(),
             reason: reason.into(),

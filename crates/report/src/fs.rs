@@ -1,25 +1,13 @@
-//! Atomic file writes.
-//!
-//! Reports are regenerated and compared against committed copies, and a run
-//! can be interrupted (Ctrl-C, a CI timeout) at any moment. A half-written
-//! `summary.json` or a truncated PNG that looks like a real file is worse than
-//! no file, so every file this crate produces is written to a temporary file
-//! in the destination directory, flushed to disk, and renamed over the
-//! destination. A rename within one directory is atomic on POSIX file systems
-//! (and replaces the target on Windows), so readers see either the old file or
-//! the complete new one.
+//! Report files go through hessfree's one atomic writer
+//! ([`hessfree_data::write_atomic_with`]): a reader, or a later `--check`,
+//! never sees a half-written report. This module only adds directory
+//! creation and errors that name the file.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
 
 use crate::error::{ReportError, Result};
-
-/// Distinguishes temporary files created by different threads of one
-/// process; the process id distinguishes processes.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Creates `dir` and any missing parents; succeeds if it already exists as a
 /// directory.
@@ -50,105 +38,20 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<(
     write_atomic_with(path, |w| w.write_all(bytes))
 }
 
-/// Atomically replaces (or creates) `path` with whatever `fill` writes.
-///
-/// `fill` receives a buffered writer on a temporary file next to `path`. If
-/// `fill` or any later step fails, the temporary file is removed and `path` is
-/// left untouched. Use this for output that is produced incrementally (a large
-/// CSV) rather than built in memory first.
+/// Atomically replaces (or creates) `path` with whatever `fill` writes; on
+/// any failure `path` is left untouched and no temporary file remains.
 pub fn write_atomic_with<F>(path: impl AsRef<Path>, fill: F) -> Result<()>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let path = path.as_ref();
-    let temp = temp_path_for(path)?;
-
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .map_err(|e| ReportError::io("create temporary file for", path, e))?;
-    let mut guard = TempGuard {
-        path: temp,
-        armed: true,
-    };
-
-    let mut writer = BufWriter::new(file);
-    fill(&mut writer).map_err(|e| ReportError::io("write", path, e))?;
-    let file: File = writer
-        .into_inner()
-        .map_err(|e| ReportError::io("write", path, e.into_error()))?;
-    // Without the fsync a crash shortly after the rename can leave a
-    // zero-length file under the final name on some file systems.
-    file.sync_all()
-        .map_err(|e| ReportError::io("flush to disk", path, e))?;
-    drop(file);
-
-    fs::rename(&guard.path, path).map_err(|e| ReportError::io("rename into place", path, e))?;
-    guard.disarm();
-
-    sync_parent_dir(path);
-    Ok(())
-}
-
-/// `.{name}.tmp-{pid}-{counter}` in the same directory as `path`: the same
-/// directory so the final rename never crosses a file system, hidden so a
-/// leftover from a killed process does not look like a report.
-fn temp_path_for(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        ReportError::invalid(
-            format!("writing {}", path.display()),
-            "the path does not name a file",
-        )
-    })?;
-    let mut temp_name = OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    Ok(match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.join(temp_name),
-        _ => PathBuf::from(temp_name),
+    hessfree_data::write_atomic_with(path, fill).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidInput && path.file_name().is_none() {
+            ReportError::invalid(format!("writing {}", path.display()), e.to_string())
+        } else {
+            ReportError::io("write", path, e)
+        }
     })
-}
-
-/// Makes the rename itself durable. Best effort: some file systems refuse to
-/// open or sync a directory, and the data is already safely in the file.
-fn sync_parent_dir(path: &Path) {
-    #[cfg(unix)]
-    {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
-/// Removes the temporary file on every early return (and on unwinding).
-struct TempGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempGuard {
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -224,7 +127,7 @@ mod tests {
         let path = locked.join("out.json");
         let result = write_atomic(&path, b"{}");
         // Root ignores directory permissions; only assert where they apply.
-        let probe = OpenOptions::new()
+        let probe = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(locked.join("probe"));

@@ -1,16 +1,14 @@
 //! Turning numbers into files people read: SVG line plots, PNG images,
 //! Markdown tables, CSV and JSON, all written atomically.
 //!
-//! This crate never computes anything about curvature: it takes plain
-//! numbers (`f64` points, `f32` weights, `u8` pixels, a non-zero predicate)
-//! and the solvers' trace records, so that reports can be regenerated from a
-//! committed `summary.json` and `trace.csv` without rerunning an optimizer
-//! ([`compare`] holds that schema and its check).
+//! A leaf of the crate graph: it knows no model or solver type and takes
+//! plain numbers (`f64` points, `f32` weights, `u8` pixels, a non-zero
+//! predicate). The report schemas that give those numbers meaning live in
+//! the harness crate, which regenerates reports from their committed data.
 //!
-//! Every file goes through [`write_atomic`]: a reader (or a later `--check`)
-//! never sees a half-written report.
+//! Every file goes through [`write_atomic`], hessfree's one atomic writer:
+//! a reader (or a later `--check`) never sees a half-written report.
 
-pub mod compare;
 mod csv;
 mod error;
 mod format;

@@ -4,14 +4,11 @@
 //! SGD and dense Newton, with one trace format and one set of stopping rules.
 
 pub mod argmin_glue;
-pub mod cg;
 pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
-pub mod experiment;
 pub mod lbfgs;
 pub mod line_search;
-pub mod method;
 pub mod newton_cg;
 pub mod params;
 pub mod problem;
@@ -22,13 +19,10 @@ pub mod trace;
 pub mod trust_region;
 
 pub use argmin_glue::HfState;
-pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
-pub use experiment::{Experiment, ProblemSpec};
 pub use lbfgs::{Lbfgs, LbfgsConfig};
-pub use method::{Method, run};
 pub use newton_cg::{NewtonCg, NewtonCgConfig};
 pub use params::Params;
 pub use problem::{CurvatureOperator, HfProblem};

@@ -12,7 +12,9 @@ use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::newton::NewtonCG;
 use common::{Quadratic, t};
 use hessfree_model::CurvatureKind;
-use hessfree_solvers::{HfProblem, Method, NewtonCgConfig, Params, RunOptions, StopRules, run};
+use hessfree_solvers::{
+    HfProblem, NewtonCg, NewtonCgConfig, Params, RunOptions, StopRules, run_solver,
+};
 
 #[test]
 fn argmin_newton_cg_takes_a_gradient_step_where_newton_needs_two_cg_steps() -> anyhow::Result<()> {
@@ -43,13 +45,13 @@ fn argmin_newton_cg_takes_a_gradient_step_where_newton_needs_two_cg_steps() -> a
     );
 
     // hessfree's Newton-CG, one outer iteration, gets the exact minimiser.
-    let ours = run(
-        &Method::NewtonCg(NewtonCgConfig {
+    let ours = run_solver(
+        HfProblem::full(q, CurvatureKind::Hessian),
+        NewtonCg::new(NewtonCgConfig {
             initial_damping: 1e-12,
             cg_rel_tol: Some(1e-12),
             ..Default::default()
-        }),
-        HfProblem::full(q, CurvatureKind::Hessian),
+        })?,
         t(&[0.0, 0.0]),
         RunOptions {
             stop: StopRules {

@@ -17,7 +17,9 @@ use hessfree_model::{
     Batches, CurvatureKind, KernelChoice, KernelOptions, Model, ModelSpec, Objective, Penalty,
     SoftmaxObjective,
 };
-use hessfree_solvers::{HfProblem, Method, NewtonCgConfig, RunOptions, StopReason, StopRules, run};
+use hessfree_solvers::{
+    HfProblem, NewtonCg, NewtonCgConfig, RunOptions, StopReason, StopRules, run_solver,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -69,9 +71,9 @@ fn hvps(bias: bool, penalties: Vec<Penalty>, w0_std: f64, grad_tol: f64) -> R<u6
     let w0: Vec<f64> = (0..obj.dim())
         .map(|_| w0_std * rng.random_range(-1.0..1.0))
         .collect();
-    let out = run(
-        &Method::NewtonCg(NewtonCgConfig::convex()),
+    let out = run_solver(
         HfProblem::full(obj, CurvatureKind::Hessian),
+        NewtonCg::new(NewtonCgConfig::convex())?,
         Tensor::from_vec(w0, obj_dim(bias), &Device::Cpu)?.to_dtype(DType::F64)?,
         RunOptions {
             stop: StopRules {

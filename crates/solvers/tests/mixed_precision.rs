@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use hessfree_model::{
     Batches, CastObjective, CurvatureKind, Model, ModelSpec, Objective, Penalty, objective_for,
 };
-use hessfree_solvers::{HfProblem, Method, NewtonCgConfig, RunOptions, StopReason, StopRules, run};
+use hessfree_solvers::{
+    HfProblem, NewtonCg, NewtonCgConfig, RunOptions, StopReason, StopRules, run_solver,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -41,9 +43,9 @@ fn objective(dtype: DType) -> R<Arc<dyn Objective>> {
 fn solve(curvature: Arc<dyn Objective>) -> R<(f64, u64)> {
     let obj = objective(DType::F64)?;
     let w0 = Tensor::zeros(obj.dim(), DType::F64, &Device::Cpu)?;
-    let out = run(
-        &Method::NewtonCg(NewtonCgConfig::default()),
+    let out = run_solver(
         HfProblem::new(obj.clone(), curvature, CurvatureKind::Hessian),
+        NewtonCg::new(NewtonCgConfig::default())?,
         w0,
         RunOptions {
             stop: StopRules {

@@ -3,10 +3,9 @@
 //! (like faer's CG) and the iterates that CG backtracking revisits.
 
 use candle_core::Tensor;
-use hessfree_model::LinOp;
-use hessfree_model::linop::vec;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
+use crate::linop::{LinOp, vec};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CgOptions {
@@ -18,6 +17,19 @@ pub struct CgOptions {
     pub progress_eps: Option<f64>,
     /// Keep iterates at i = ⌈1.3^j⌉ for backtracking.
     pub keep_iterates: bool,
+}
+
+impl CgOptions {
+    /// Plain CG to a relative residual: no progress rule and no kept
+    /// iterates, for measuring how many products a system needs.
+    pub fn plain(rel_tol: f64, max_iters: usize) -> Self {
+        Self {
+            max_iters,
+            rel_tol,
+            progress_eps: None,
+            keep_iterates: false,
+        }
+    }
 }
 
 impl Default for CgOptions {
@@ -66,6 +78,17 @@ pub struct CgOutcome {
     pub iterates: Vec<Iterate>,
 }
 
+impl CgOutcome {
+    /// Products spent on search directions: one per completed iteration,
+    /// plus the one that found negative curvature, if any.
+    pub fn direction_products(&self) -> usize {
+        match self.stop {
+            CgStop::NegativeCurvature => self.residuals.len(),
+            _ => self.iters,
+        }
+    }
+}
+
 /// Solves `A x = b` approximately. `x0` warm-starts (it is dropped if it is
 /// worse than zero, φ(x0) ≥ 0); `minv` is the inverse diagonal preconditioner.
 pub fn conjugate_gradient(
@@ -75,6 +98,13 @@ pub fn conjugate_gradient(
     minv: Option<&Tensor>,
     opts: &CgOptions,
 ) -> Result<CgOutcome> {
+    if b.elem_count() != a.dim() {
+        return Err(ModelError::Batch(format!(
+            "CG right-hand side has {} entries, the operator has dimension {}",
+            b.elem_count(),
+            a.dim()
+        )));
+    }
     let b_norm = vec::norm(b)?;
     // r = A x − b, φ(x) = ½ xᵀ(r − b).
     let (mut x, mut r) = match x0 {
@@ -182,8 +212,8 @@ pub fn conjugate_gradient(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linop::Counter;
     use candle_core::Device;
-    use hessfree_model::Counter;
 
     /// A diagonal operator diag(d).
     struct Diag(Tensor, Counter);
@@ -192,7 +222,7 @@ mod tests {
         fn dim(&self) -> usize {
             self.0.elem_count()
         }
-        fn apply(&self, v: &Tensor) -> hessfree_model::Result<Tensor> {
+        fn apply(&self, v: &Tensor) -> Result<Tensor> {
             self.1.tick();
             Ok((v * &self.0)?)
         }

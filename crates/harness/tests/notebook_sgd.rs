@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use hessfree_data::{MNIST_CLASSES, default_data_dir, load_dir};
-use hessfree_solvers::{
-    Experiment, Method, ProblemSpec, RunOptions, SgdConfig, StopReason, StopRules,
-};
+use hessfree_harness::{Experiment, Method, ProblemSpec};
+use hessfree_solvers::{RunOptions, SgdConfig, StopReason, StopRules};
 
 fn sgd_test_accuracy(init: &str, seed: u64) -> anyhow::Result<f64> {
     let splits = load_dir(&default_data_dir(), MNIST_CLASSES)?;

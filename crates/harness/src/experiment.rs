@@ -14,10 +14,9 @@ use hessfree_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, SolverError};
+use hessfree_solvers::{Evaluator, HfProblem, Result, RunOptions, RunOutput, SolverError};
+
 use crate::method::{Method, run};
-use crate::problem::HfProblem;
-use crate::run::{Evaluator, RunOptions, RunOutput};
 
 /// Everything that defines the problem (not the solver).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,17 +1,21 @@
-//! Every solver against problems with known answers.
+//! Every solver of the command line's table against problems with known
+//! answers, run through the open runner as the harness runs them.
 
+// The solvers crate's test problems (one place for them).
+#[path = "../../solvers/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use common::{Quadratic, Rosenbrock, t};
+use hessfree_harness::{Method, run};
 use hessfree_model::{
     Batches, CurvatureKind, Model, ModelSpec, Objective, Penalty, SoftmaxObjective,
 };
 use hessfree_solvers::{
-    DenseNewtonConfig, HfProblem, LbfgsConfig, Method, NewtonCgConfig, RunOptions, SgdConfig,
-    StopReason, StopRules, TrustRegionConfig, run,
+    DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCgConfig, RunOptions, SgdConfig, StopReason,
+    StopRules, TrustRegionConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,26 +1,24 @@
-//! The pieces of `cargo xtask hessian` that compute: the rank study over
-//! MNIST batches, the dense-versus-matrix-free comparison on the same
-//! batches, and the payoff measurements (certified smallest eigenvalues,
-//! CG iterations of Newton systems). The xtask only loads data, chooses the
-//! points, and writes files.
+//! The Hessian study's computations over MNIST batches: the rank study, the
+//! dense-versus-matrix-free comparison on the same batches, and CG counts of
+//! Newton systems, built from the analysis crate's tools.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::cg::{CgOptions, CgResult, conjugate_gradient};
-use crate::error::{AnalysisError, Result};
-use crate::lanczos::lanczos;
-use crate::rank::{BatchRank, assemble_softmax_data_hessian, batch_rank};
-use crate::spectrum::{
-    laplacian_gram_extremes, laplacian_smoothest_mode, rayleigh_quotient, shift_direction,
+use anyhow::{Result, bail};
+use hessfree_analysis::lanczos::lanczos;
+use hessfree_analysis::rank::{
+    BatchRank, assemble_softmax_data_hessian, batch_rank, numerical_rank,
 };
-use crate::spy::{HessianOrder, hessian_spy_mask};
-use crate::trace::{TraceEstimate, hutchinson_trace};
+use hessfree_analysis::trace::{TraceEstimate, hutchinson_trace};
+use hessfree_model::cg::{CgOptions, CgOutcome, conjugate_gradient};
+
+use super::spy::{HessianOrder, hessian_spy_mask};
 use hessfree_data::Dataset;
 use hessfree_model::{
-    Batches, CurvatureKind, Damped, Init, Model, ModelSpec, Objective, Penalty, SoftmaxObjective,
+    Batches, CurvatureKind, Damped, Init, Model, ModelSpec, Objective, SoftmaxObjective,
 };
 use hessfree_report::SpyMask;
 
@@ -32,17 +30,16 @@ pub fn first_rows(
     dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
     if n == 0 || n > data.len() {
-        return Err(AnalysisError::Invalid(format!(
+        bail!(
             "batch of {n} images requested from a split of {}",
             data.len()
-        )));
+        );
     }
     let idx: Vec<usize> = (0..n).collect();
-    let t = data.select(&idx).to_tensors(device, dtype).map_err(|e| {
-        AnalysisError::Invalid(format!(
-            "could not turn the first {n} images into tensors: {e}"
-        ))
-    })?;
+    let t = data
+        .select(&idx)
+        .to_tensors(device, dtype)
+        .map_err(|e| anyhow::anyhow!("could not turn the first {n} images into tensors: {e}"))?;
     Ok((t.images, t.one_hot))
 }
 
@@ -235,7 +232,7 @@ fn full_decomposition(
     let t = Instant::now();
     let ev = h.eigenvalues()?;
     let eigen_seconds = t.elapsed().as_secs_f64();
-    let rank = crate::rank::numerical_rank(&ev, h.full_dim());
+    let rank = numerical_rank(&ev, h.full_dim());
     tracing::info!(
         batch = h.batch,
         dim = h.full_dim(),
@@ -255,96 +252,16 @@ fn full_decomposition(
     })
 }
 
-/// The smallest eigenvalue of a softmax-regression Hessian, bracketed
-/// without any decomposition:
-/// - below by Weyl: the data term is PSD, so `λ_min(H) ≥ λ_min(Q)` for the
-///   penalty's Hessian `Q` (`lam` for L2 on the weights — 0 when there is a
-///   bias, which L2 leaves alone — `2 eps μ_min²` for the Laplacian, 0 for
-///   none);
-/// - above by the Rayleigh quotient of a direction the data term cannot see:
-///   the bias shift (all biases up by one) when there is a bias, else the
-///   weight shift `u ⊗ 1` with `u` the penalty's bottom eigenvector.
-///
-/// When both agree the bracket is the eigenvalue.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LambdaMin {
-    pub penalty: String,
-    /// Which direction gave the upper bound.
-    pub direction: String,
-    pub lower: f64,
-    pub upper: f64,
-}
-
-/// [`LambdaMin`] for a softmax objective whose penalties are `penalties`
-/// (at most one of each kind is expected; several add their lower bounds).
-pub fn certify_lambda_min(obj: &SoftmaxObjective, w: &Tensor) -> Result<LambdaMin> {
-    let model = obj.model();
-    let (d, k) = (model.inputs(), model.classes());
-    let layout = model.layout();
-    let penalties = obj.regularizer().terms().to_vec();
-    let mut lower = 0.0;
-    let mut u = vec![1.0; d];
-    let mut names = Vec::new();
-    for p in &penalties {
-        names.push(p.to_string());
-        match *p {
-            Penalty::L2 { lam } => lower += if model.has_bias() { 0.0 } else { lam },
-            Penalty::Laplacian { eps, rows, cols } => {
-                let (lo, _) = laplacian_gram_extremes(rows, cols);
-                lower += 2.0 * eps * lo;
-                u = laplacian_smoothest_mode(rows, cols);
-            }
-        }
-    }
-    if model.has_bias() {
-        // Biases carry no penalty and the bias shift changes no probability.
-        lower = 0.0;
-    }
-    let op = obj.curvature(w, CurvatureKind::Hessian)?;
-    let (v, direction) = if model.has_bias() {
-        let spec = layout.spec("layer0.bias")?;
-        let mut v = vec![0.0; op.dim()];
-        v[spec.range()].fill(1.0);
-        (v, "bias shift (all biases + 1)".to_string())
-    } else if penalties
-        .iter()
-        .any(|p| matches!(p, Penalty::Laplacian { .. }))
-    {
-        (
-            shift_direction(&u, k, op.dim()),
-            "weight shift u ⊗ 1, u the smoothest sine mode".to_string(),
-        )
-    } else {
-        (
-            shift_direction(&u, k, op.dim()),
-            "weight shift 1 ⊗ 1".to_string(),
-        )
-    };
-    let upper = rayleigh_quotient(op.as_ref(), &v, obj.device(), obj.dtype())?;
-    Ok(LambdaMin {
-        penalty: if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(" + ")
-        },
-        direction,
-        lower,
-        upper,
-    })
-}
-
 /// CG on the Newton system `(H + λI) p = −g` at `w`.
 pub fn newton_system_cg(
     obj: &dyn Objective,
     w: &Tensor,
     kind: CurvatureKind,
     damping: f64,
-    opts: CgOptions,
-) -> Result<CgResult> {
+    opts: &CgOptions,
+) -> Result<CgOutcome> {
     let (_, g) = obj.loss_and_grad(w)?;
     let op = obj.curvature(w, kind)?;
     let damped = Damped::new(op, damping);
-    let mut res = conjugate_gradient(&damped, &g.neg()?, opts)?;
-    res.x = None;
-    Ok(res)
+    Ok(conjugate_gradient(&damped, &g.neg()?, None, None, opts)?)
 }

@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::rank::AssembledHessian;
+use anyhow::Result;
+use hessfree_analysis::AssembledHessian;
 use hessfree_report::SpyMask;
 
 /// Row and column order of a spy plot.

@@ -1,18 +1,15 @@
-//! The solvers of this crate by name, with their settings: the table the
-//! harness and the command line choose from. Every entry runs through
-//! [`run_solver`], as a solver defined elsewhere would.
+//! hessfree's solvers by name, with their settings: the table the command
+//! line chooses from. Every entry runs through [`run_solver`], as a solver
+//! of a user's own would; adding a solver to the library needs no entry
+//! here, only adding it to the command line does.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::dense_newton::{DenseNewton, DenseNewtonConfig};
-use crate::error::Result;
-use crate::lbfgs::LbfgsConfig;
-use crate::newton_cg::{NewtonCg, NewtonCgConfig};
-use crate::problem::HfProblem;
-use crate::run::{RunOptions, RunOutput, run_solver};
-use crate::sgd::{Sgd, SgdConfig};
-use crate::trust_region::TrustRegionConfig;
+use hessfree_solvers::{
+    DenseNewton, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCg, NewtonCgConfig, Result,
+    RunOptions, RunOutput, Sgd, SgdConfig, TrustRegionConfig, run_solver,
+};
 
 /// Which optimiser to run, with its settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,15 +11,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hessfree_solvers::{ProblemSpec, TraceRecord};
+use hessfree_report::{
+    Csv, LinePlot, ReportError, Result, Series, ensure_dir, escape_cell, fmt_bytes, fmt_duration_s,
+    fmt_sig, markdown_image, markdown_table, to_json_pretty, write_atomic,
+};
+use hessfree_solvers::TraceRecord;
 use serde::{Deserialize, Serialize};
 
-use crate::csv::Csv;
-use crate::error::{ReportError, Result};
-use crate::format::{fmt_bytes, fmt_duration_s, fmt_sig};
-use crate::fs::{ensure_dir, write_atomic};
-use crate::markdown::{escape_cell, markdown_image, markdown_table};
-use crate::plot::{LinePlot, Series};
+use crate::experiment::ProblemSpec;
 
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const TRACE_FILE: &str = "trace.csv";
@@ -563,7 +562,7 @@ impl CompareReport {
     /// Every derived file and its bytes, in a fixed order.
     pub fn render(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut files = Vec::new();
-        let json = crate::json::to_json_pretty(&self.summary).map_err(|e| ReportError::Json {
+        let json = to_json_pretty(&self.summary).map_err(|e| ReportError::Json {
             path: SUMMARY_FILE.into(),
             source: e,
         })?;

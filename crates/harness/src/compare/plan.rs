@@ -1,0 +1,187 @@
+//! The runs a comparison asks for: `--optimizers sgd,newton-cg@damping=1e-3`
+//! turned into methods and problems, every value checked before any work.
+//!
+//! A run can override problem settings with `name@key=value;key=value`,
+//! e.g. `sgd,sgd@init=normal:0.1,sgd@laplace=0.001`, which is how the
+//! notebook's three SGD runs share one report.
+
+use anyhow::{Context, Result, bail};
+use hessfree_solvers::{
+    DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig, TrustRegionConfig,
+};
+
+use crate::experiment::ProblemSpec;
+use crate::method::Method;
+
+/// Newton-CG's settings from the command line. The damping left unset
+/// depends on the model (convex softmax problems start lower), so it is
+/// resolved per run.
+#[derive(Clone, Debug)]
+pub struct NewtonSettings {
+    pub damping: Option<f64>,
+    pub cg_max_iters: usize,
+    pub cg_rel_tol: Option<f64>,
+    pub preconditioner: bool,
+    pub warm_start: bool,
+    pub cg_backtracking: bool,
+}
+
+impl NewtonSettings {
+    fn config(&self, spec: &ProblemSpec) -> NewtonCgConfig {
+        let defaults = if spec.model.starts_with("softmax") {
+            NewtonCgConfig::convex()
+        } else {
+            NewtonCgConfig::default()
+        };
+        NewtonCgConfig {
+            initial_damping: self.damping.unwrap_or(defaults.initial_damping),
+            cg_max_iters: self.cg_max_iters,
+            cg_rel_tol: self.cg_rel_tol,
+            preconditioner: self.preconditioner,
+            warm_start_decay: self.warm_start.then_some(0.95),
+            cg_backtracking: self.cg_backtracking,
+            ..defaults
+        }
+    }
+}
+
+/// Every method's settings before a run's overrides.
+#[derive(Clone, Debug)]
+pub struct RunDefaults {
+    /// The problem every run starts from.
+    pub problem: ProblemSpec,
+    pub sgd: SgdConfig,
+    pub newton: NewtonSettings,
+    pub trust_region: TrustRegionConfig,
+    pub lbfgs: LbfgsConfig,
+    /// Rows the dense-Newton Hessian is assembled on (0: all).
+    pub hessian_batch: usize,
+    /// Iteration cap of every method except SGD.
+    pub max_iters: u64,
+    /// SGD's iteration cap.
+    pub sgd_steps: u64,
+    /// SGD's trace interval (its full-batch objective costs a data pass).
+    pub sgd_eval_every: u64,
+    pub max_time: Option<f64>,
+}
+
+/// One requested run: its label, method and problem.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub label: String,
+    pub method: Method,
+    pub spec: ProblemSpec,
+    pub max_iters: u64,
+    /// This run's solver-time budget.
+    pub max_time: Option<f64>,
+    pub trace_every: u64,
+}
+
+const OVERRIDES: &str =
+    "init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch, max_time";
+
+/// The runs of a comma-separated `optimizers` list.
+pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
+    if let Some(v) = defaults.max_time
+        && !(v.is_finite() && v > 0.0)
+    {
+        bail!("--max-time must be a positive number, got {v}");
+    }
+    let mut planned = Vec::new();
+    for token in optimizers
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        planned.push(plan_one(token, defaults)?);
+    }
+    if planned.is_empty() {
+        bail!(
+            "--optimizers is empty; expected some of: {}",
+            Method::CHOICES
+        );
+    }
+    Ok(planned)
+}
+
+fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
+    let (name, overrides) = token.split_once('@').unwrap_or((token, ""));
+    let mut spec = defaults.problem.clone();
+    let mut sgd = defaults.sgd.clone();
+    let mut damping = None;
+    let mut hessian_batch = defaults.hessian_batch;
+    let mut max_time = defaults.max_time;
+    for kv in overrides.split(';').filter(|s| !s.is_empty()) {
+        let (key, value) = kv
+            .split_once('=')
+            .with_context(|| format!("override `{kv}` in `{token}` is not key=value"))?;
+        let num = || -> Result<f64> {
+            value
+                .parse::<f64>()
+                .with_context(|| format!("override `{kv}` in `{token}`: `{value}` is not a number"))
+        };
+        match key {
+            "init" => spec.init = value.to_string(),
+            "l2" => spec.l2 = num()?,
+            "laplace" => spec.laplace = num()?,
+            "seed" => {
+                spec.seed = value
+                    .parse()
+                    .with_context(|| format!("override `{kv}`: expected an integer"))?;
+                sgd.seed = spec.seed;
+            }
+            "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
+            "lr" => sgd.learning_rate = num()?,
+            "damping" => damping = Some(num()?),
+            "max_time" => {
+                let v = num()?;
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("override `{kv}` in `{token}`: max_time must be a positive number");
+                }
+                max_time = Some(v);
+            }
+            "hessian_batch" => {
+                hessian_batch = value
+                    .parse()
+                    .with_context(|| format!("override `{kv}`: expected an integer"))?;
+            }
+            other => bail!("unknown override `{other}` in `{token}`; expected one of: {OVERRIDES}"),
+        }
+    }
+    let method = match name {
+        "sgd" => Method::Sgd(sgd),
+        "newton-cg" => {
+            let mut c = defaults.newton.config(&spec);
+            if let Some(d) = damping {
+                c.initial_damping = d;
+            }
+            Method::NewtonCg(c)
+        }
+        "trust-region" => Method::TrustRegion(defaults.trust_region.clone()),
+        "lbfgs" => Method::Lbfgs(defaults.lbfgs.clone()),
+        "dense-newton" => Method::DenseNewton(DenseNewtonConfig {
+            hessian_batch: (hessian_batch > 0).then_some(hessian_batch),
+            ..Default::default()
+        }),
+        other => bail!(
+            "unknown optimizer `{other}`; expected one of: {}",
+            Method::CHOICES
+        ),
+    };
+    method
+        .validate()
+        .with_context(|| format!("run `{token}`"))?;
+    let is_sgd = matches!(method, Method::Sgd(_));
+    Ok(PlannedRun {
+        label: token.to_string(),
+        method,
+        spec,
+        max_iters: if is_sgd {
+            defaults.sgd_steps
+        } else {
+            defaults.max_iters
+        },
+        max_time,
+        trace_every: if is_sgd { defaults.sgd_eval_every } else { 1 },
+    })
+}

@@ -17,17 +17,19 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hessfree_harness::ProblemSpec;
 use hessfree_harness::compare::{CompareJob, NewtonSettings, RunDefaults, RunProgress, plan};
-use hessfree_solvers::{LbfgsConfig, OnRecord, SgdConfig, TraceRecord, TrustRegionConfig};
+use hessfree_solvers::{
+    AdamConfig, LbfgsConfig, OnRecord, SgdConfig, TraceRecord, TrustRegionConfig,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::DataDirArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Comma-separated optimisers: sgd, newton-cg, trust-region, lbfgs,
-    /// dense-newton. Append `@key=value;...` to override init, l2, laplace,
-    /// seed, curvature_dtype, lr (SGD), damping (Newton-CG), hessian_batch
-    /// (dense Newton) or max_time for that run.
+    /// Comma-separated optimisers: sgd, adam, newton-cg, trust-region,
+    /// lbfgs, dense-newton. Append `@key=value;...` to override init, l2,
+    /// laplace, seed, curvature_dtype, lr (SGD, Adam), damping (Newton-CG),
+    /// hessian_batch (dense Newton) or max_time for that run.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
     /// softmax, softmax-nobias, or mlp:W1[,W2...]
@@ -108,16 +110,38 @@ pub struct CompareArgs {
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub sgd_lr: f64,
-    /// SGD mini-batch size.
+    /// SGD with Nesterov momentum (needs --sgd-momentum > 0).
+    #[arg(long)]
+    pub sgd_nesterov: bool,
+    /// SGD's learning-rate schedule: constant, step:EVERY:FACTOR, exp:GAMMA
+    /// or cosine:STEPS[:FLOOR], each optionally after warmup:W,
+    #[arg(long, default_value = "constant", value_name = "SCHEDULE")]
+    pub sgd_schedule: String,
+    /// Adam's learning rate (PyTorch's default).
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    pub adam_lr: f64,
+    /// Adam's first-moment decay β₁.
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    pub adam_beta1: f64,
+    /// Adam's second-moment decay β₂.
+    #[arg(long, default_value_t = 0.999, allow_negative_numbers = true)]
+    pub adam_beta2: f64,
+    /// Adam's ε.
+    #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
+    pub adam_eps: f64,
+    /// Adam's learning-rate schedule (the forms of --sgd-schedule).
+    #[arg(long, default_value = "constant", value_name = "SCHEDULE")]
+    pub adam_schedule: String,
+    /// Mini-batch size of SGD and Adam.
     #[arg(long, default_value_t = 100)]
     pub sgd_batch: usize,
-    /// SGD steps (its iteration cap instead of --max-iters).
+    /// SGD's and Adam's steps (their iteration cap instead of --max-iters).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub sgd_steps: u64,
     /// SGD heavy-ball momentum in [0, 1).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub sgd_momentum: f64,
-    /// Evaluate SGD's full-batch objective every this many steps.
+    /// Evaluate SGD's and Adam's full-batch objective every this many steps.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub sgd_eval_every: u64,
 
@@ -283,6 +307,17 @@ impl CompareArgs {
                 batch_size: self.sgd_batch,
                 momentum: self.sgd_momentum,
                 seed: self.seed,
+                nesterov: self.sgd_nesterov,
+                schedule: self.sgd_schedule.parse().context("--sgd-schedule")?,
+            },
+            adam: AdamConfig {
+                learning_rate: self.adam_lr,
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_eps,
+                batch_size: self.sgd_batch,
+                seed: self.seed,
+                schedule: self.adam_schedule.parse().context("--adam-schedule")?,
             },
             newton: NewtonSettings {
                 damping: self.damping,

@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use hessfree_solvers::{
-    DenseNewton, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCg, NewtonCgConfig, Result,
-    RunOptions, RunOutput, Sgd, SgdConfig, TrustRegionConfig, run_solver,
+    Adam, AdamConfig, DenseNewton, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCg,
+    NewtonCgConfig, Result, RunOptions, RunOutput, Sgd, SgdConfig, TrustRegionConfig, run_solver,
 };
 
 /// Which optimiser to run, with its settings.
@@ -16,6 +16,7 @@ use hessfree_solvers::{
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum Method {
     Sgd(SgdConfig),
+    Adam(AdamConfig),
     NewtonCg(NewtonCgConfig),
     TrustRegion(TrustRegionConfig),
     Lbfgs(LbfgsConfig),
@@ -23,11 +24,12 @@ pub enum Method {
 }
 
 impl Method {
-    pub const CHOICES: &'static str = "sgd, newton-cg, trust-region, lbfgs, dense-newton";
+    pub const CHOICES: &'static str = "sgd, adam, newton-cg, trust-region, lbfgs, dense-newton";
 
     pub fn name(&self) -> &'static str {
         match self {
             Method::Sgd(_) => "sgd",
+            Method::Adam(_) => "adam",
             Method::NewtonCg(_) => "newton-cg",
             Method::TrustRegion(_) => "trust-region",
             Method::Lbfgs(_) => "lbfgs",
@@ -40,6 +42,7 @@ impl Method {
     pub fn validate(&self) -> Result<()> {
         match self {
             Method::Sgd(c) => c.validate(),
+            Method::Adam(c) => c.validate(),
             Method::NewtonCg(c) => c.validate(),
             Method::TrustRegion(c) => c.build().map(|_| ()),
             Method::Lbfgs(c) => c.build().map(|_| ()),
@@ -53,7 +56,7 @@ impl Method {
     pub fn checkpointable(&self) -> bool {
         matches!(
             self,
-            Method::Sgd(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
+            Method::Sgd(_) | Method::Adam(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
         )
     }
 }
@@ -62,6 +65,7 @@ impl Method {
 pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) -> Result<RunOutput> {
     match method {
         Method::Sgd(c) => run_solver(problem, Sgd::new(c.clone())?, w0, opts),
+        Method::Adam(c) => run_solver(problem, Adam::new(c.clone())?, w0, opts),
         Method::NewtonCg(c) => run_solver(problem, NewtonCg::new(c.clone())?, w0, opts),
         Method::TrustRegion(c) => run_solver(problem, c.build()?, w0, opts),
         Method::Lbfgs(c) => run_solver(problem, c.build()?, w0, opts),

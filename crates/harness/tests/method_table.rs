@@ -93,6 +93,7 @@ fn every_solver_finds_the_quadratic_minimiser() -> R<()> {
         batch_size: 1,
         momentum: 0.0,
         seed: 1,
+        ..Default::default()
     });
     let out = run(
         &sgd,
@@ -389,6 +390,7 @@ fn sgd_trace_is_evaluated_on_the_full_batch_every_k_steps() -> R<()> {
         batch_size: 20,
         momentum: 0.9,
         seed: 3,
+        ..Default::default()
     });
     let o = RunOptions {
         stop: StopRules {

@@ -1,23 +1,28 @@
 //! Solvers on top of hessfree's objectives and curvature operators, run
 //! through argmin's `Executor`: damped Newton-CG (our own argmin solver),
 //! trust-region Newton-CG (argmin's `Steihaug` in a loop of our own), L-BFGS,
-//! SGD and dense Newton, with one trace format and one set of stopping rules.
+//! SGD, Adam and dense Newton, with one trace format and one set of stopping
+//! rules.
 
+pub mod adam;
 pub mod argmin_glue;
 pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
 pub mod lbfgs;
 pub mod line_search;
+pub mod minibatch;
 pub mod newton_cg;
 pub mod params;
 pub mod problem;
 pub mod run;
+pub mod schedule;
 pub mod sgd;
 pub mod stop;
 pub mod trace;
 pub mod trust_region;
 
+pub use adam::{Adam, AdamConfig};
 pub use argmin_glue::HfState;
 pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
@@ -30,6 +35,7 @@ pub use run::{
     CheckpointSink, Checkpointing, Evaluator, OnRecord, Resumable, RunLabel, RunOptions, RunOutput,
     run_solver,
 };
+pub use schedule::{Decay, LrSchedule};
 pub use sgd::{Sgd, SgdConfig};
 pub use stop::{StopReason, StopRules};
 pub use trace::{Counters, Counts, TraceRecord};

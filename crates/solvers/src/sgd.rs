@@ -1,7 +1,8 @@
-//! Mini-batch SGD with optional (heavy-ball) momentum, as in the notebook:
-//! `w ← w − lr·(μ·v + g_batch)`, batches drawn like TF's `next_batch`.
+//! Mini-batch SGD with optional momentum, as in the notebook: heavy-ball
+//! `w ← w − lr·(μ·v + g_batch)`, or Nesterov's in PyTorch's form; batches
+//! drawn like TF's `next_batch`, the rate optionally scheduled.
 
-use argmin::core::{KV, Problem, Solver, State};
+use argmin::core::{KV, Problem, Solver};
 use argmin::kv;
 use candle_core::Tensor;
 use hessfree_data::{BatchSampler, SamplerState};
@@ -11,9 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::argmin_glue::{HfState, hf_problem, param_device};
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
+pub use crate::minibatch::SamplerFields;
+use crate::minibatch::{next_batch_loss_and_grad, restore_sampler, start_sampler};
 use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel};
+use crate::schedule::LrSchedule;
 
 /// The checkpoint name of this solver's state and runs.
 const NAME: &str = "sgd";
@@ -24,6 +28,13 @@ pub struct SgdConfig {
     pub batch_size: usize,
     pub momentum: f64,
     pub seed: u64,
+    /// Nesterov's momentum instead of heavy-ball (needs `momentum > 0`).
+    /// Left out of the JSON when off, like `schedule` when constant, so
+    /// the settings of runs made before these fields existed are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nesterov: bool,
+    #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
+    pub schedule: LrSchedule,
 }
 
 impl Default for SgdConfig {
@@ -34,6 +45,8 @@ impl Default for SgdConfig {
             batch_size: 100,
             momentum: 0.0,
             seed: 0,
+            nesterov: false,
+            schedule: LrSchedule::constant(),
         }
     }
 }
@@ -57,14 +70,22 @@ impl SgdConfig {
                 self.momentum
             )));
         }
-        Ok(())
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(SolverError::Config(
+                "SGD Nesterov momentum needs a momentum in (0, 1), got 0".into(),
+            ));
+        }
+        self.schedule.validate("SGD", self.learning_rate)
     }
 }
 
 pub struct Sgd {
     config: SgdConfig,
     sampler: Option<BatchSampler>,
+    /// PyTorch's momentum buffer `μ·buf + g`, which both kinds of momentum keep.
     velocity: Option<Tensor>,
+    /// Updates made, which the schedule is a function of.
+    steps: u64,
 }
 
 impl Sgd {
@@ -74,6 +95,7 @@ impl Sgd {
             config,
             sampler: None,
             velocity: None,
+            steps: 0,
         })
     }
 
@@ -93,18 +115,12 @@ impl Solver<HfProblem, HfState> for Sgd {
         problem: &mut Problem<HfProblem>,
         state: HfState,
     ) -> Result<(HfState, Option<KV>), argmin::core::Error> {
-        let n = hf_problem(problem)?.num_samples();
-        if self.config.batch_size > n {
-            return Err(SolverError::Config(format!(
-                "SGD batch size {} exceeds the {n} training samples",
-                self.config.batch_size
-            ))
-            .into());
-        }
-        self.sampler = Some(
-            BatchSampler::new(n, self.config.batch_size, self.config.seed)
-                .map_err(SolverError::from)?,
-        );
+        self.sampler = Some(start_sampler(
+            problem,
+            self.config.batch_size,
+            self.config.seed,
+            "SGD",
+        )?);
         Ok((
             state,
             Some(kv!("learning_rate" => self.config.learning_rate;)),
@@ -125,68 +141,46 @@ impl Solver<HfProblem, HfState> for Sgd {
             .sampler
             .as_mut()
             .ok_or_else(|| SolverError::Argmin("SGD was not initialised".into()))?;
-        let batch = sampler.next_batch();
-        let (loss, g) = prob.minibatch_loss_and_grad(&w, &batch)?;
-        if !loss.is_finite() || !vec::all_finite(&g)? {
-            return Err(SolverError::Diverged(format!(
-                "the mini-batch loss or gradient became non-finite (loss {loss}) at step {}; \
-                 lower the learning rate ({})",
-                state.get_iter() + 1,
-                self.config.learning_rate
-            ))
-            .into());
-        }
-        let direction = match (&self.velocity, self.config.momentum) {
-            (Some(v), mu) if mu > 0.0 => vec::axpy(&g, mu, v)?,
-            _ => g,
+        let lr = self
+            .config
+            .schedule
+            .lr(self.config.learning_rate, self.steps);
+        let (loss, g) = next_batch_loss_and_grad(prob, &w, sampler, self.steps + 1, lr)?;
+        let mu = self.config.momentum;
+        let buf = match &self.velocity {
+            Some(v) if mu > 0.0 => vec::axpy(&g, mu, v)?,
+            _ => g.clone(),
         };
-        let w_new = vec::axpy(&w, -self.config.learning_rate, &direction)?;
-        if self.config.momentum > 0.0 {
-            self.velocity = Some(direction);
+        let direction = if self.config.nesterov {
+            vec::axpy(&g, mu, &buf)?
+        } else {
+            buf.clone()
+        };
+        let w_new = vec::axpy(&w, -lr, &direction)?;
+        if mu > 0.0 {
+            self.velocity = Some(buf);
         }
-        Ok((state.param(Params(w_new)).cost(loss), None))
+        self.steps += 1;
+        // A constant rate is in the settings already, and leaving it out
+        // keeps the traces of unscheduled runs as they were.
+        let kv = (!self.config.schedule.is_constant()).then(|| kv!("step_size" => lr;));
+        Ok((state.param(Params(w_new)).cost(loss), kv))
     }
 }
 
-/// SGD's state in a checkpoint: the sampler's position (the velocity is the
-/// tensor `velocity`).
+/// SGD's state in a checkpoint: the sampler's position and the updates made
+/// (the momentum buffer is the tensor `velocity`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SgdState {
     pub sampler: Option<SamplerFields>,
+    /// Absent from checkpoints written before schedules, whose runs had no
+    /// use for it; left out at 0 so that those files re-encode unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub steps: u64,
 }
 
-/// [`hessfree_data::SamplerState`] field by field (it has no serde derive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SamplerFields {
-    pub len: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub epoch: u64,
-    pub position: usize,
-}
-
-impl From<SamplerState> for SamplerFields {
-    fn from(s: SamplerState) -> Self {
-        Self {
-            len: s.len,
-            batch_size: s.batch_size,
-            seed: s.seed,
-            epoch: s.epoch,
-            position: s.position,
-        }
-    }
-}
-
-impl From<SamplerFields> for SamplerState {
-    fn from(s: SamplerFields) -> Self {
-        Self {
-            len: s.len,
-            batch_size: s.batch_size,
-            seed: s.seed,
-            epoch: s.epoch,
-            position: s.position,
-        }
-    }
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Resumable<HfState> for Sgd {
@@ -207,6 +201,7 @@ impl Resumable<HfState> for Sgd {
             NAME,
             &SgdState {
                 sampler: self.sampler_state().map(Into::into),
+                steps: self.steps,
             },
         )
     }
@@ -220,12 +215,11 @@ impl Resumable<HfState> for Sgd {
         saved: &Snapshot,
         state: HfState,
     ) -> Result<HfState> {
-        let SgdState { sampler } = saved.solver_state(NAME)?;
-        let sampler = sampler
-            .ok_or_else(|| SolverError::Config("the checkpoint has no SGD sampler".into()))?;
+        let SgdState { sampler, steps } = saved.solver_state(NAME)?;
         let device = param_device(&state)?;
-        self.sampler = Some(BatchSampler::restore(sampler.into())?);
+        self.sampler = Some(restore_sampler(sampler, "SGD")?);
         self.velocity = saved.get("velocity", &device)?;
+        self.steps = steps;
         Ok(state)
     }
 }

@@ -133,6 +133,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                             epoch: 1,
                             position: 8,
                         }),
+                        steps: 0,
                     },
                 )
                 .expect("state serialises"),

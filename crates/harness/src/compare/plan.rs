@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use hessfree_solvers::{
-    DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig, TrustRegionConfig,
+    AdamConfig, DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig, TrustRegionConfig,
 };
 
 use crate::experiment::ProblemSpec;
@@ -51,6 +51,7 @@ pub struct RunDefaults {
     /// The problem every run starts from.
     pub problem: ProblemSpec,
     pub sgd: SgdConfig,
+    pub adam: AdamConfig,
     pub newton: NewtonSettings,
     pub trust_region: TrustRegionConfig,
     pub lbfgs: LbfgsConfig,
@@ -58,9 +59,10 @@ pub struct RunDefaults {
     pub hessian_batch: usize,
     /// Iteration cap of every method except SGD.
     pub max_iters: u64,
-    /// SGD's iteration cap.
+    /// The iteration cap of the mini-batch methods (SGD, Adam).
     pub sgd_steps: u64,
-    /// SGD's trace interval (its full-batch objective costs a data pass).
+    /// The mini-batch methods' trace interval (their full-batch objective
+    /// costs a data pass).
     pub sgd_eval_every: u64,
     pub max_time: Option<f64>,
 }
@@ -77,6 +79,7 @@ pub struct PlannedRun {
     pub trace_every: u64,
 }
 
+/// `lr` sets SGD's or Adam's learning rate, whichever the run is.
 const OVERRIDES: &str =
     "init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch, max_time";
 
@@ -108,6 +111,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let (name, overrides) = token.split_once('@').unwrap_or((token, ""));
     let mut spec = defaults.problem.clone();
     let mut sgd = defaults.sgd.clone();
+    let mut adam = defaults.adam.clone();
     let mut damping = None;
     let mut hessian_batch = defaults.hessian_batch;
     let mut max_time = defaults.max_time;
@@ -129,9 +133,13 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .parse()
                     .with_context(|| format!("override `{kv}`: expected an integer"))?;
                 sgd.seed = spec.seed;
+                adam.seed = spec.seed;
             }
             "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
-            "lr" => sgd.learning_rate = num()?,
+            "lr" => {
+                sgd.learning_rate = num()?;
+                adam.learning_rate = sgd.learning_rate;
+            }
             "damping" => damping = Some(num()?),
             "max_time" => {
                 let v = num()?;
@@ -150,6 +158,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     }
     let method = match name {
         "sgd" => Method::Sgd(sgd),
+        "adam" => Method::Adam(adam),
         "newton-cg" => {
             let mut c = defaults.newton.config(&spec);
             if let Some(d) = damping {
@@ -171,7 +180,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     method
         .validate()
         .with_context(|| format!("run `{token}`"))?;
-    let is_sgd = matches!(method, Method::Sgd(_));
+    let is_sgd = matches!(method, Method::Sgd(_) | Method::Adam(_));
     Ok(PlannedRun {
         label: token.to_string(),
         method,

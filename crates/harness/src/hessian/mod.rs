@@ -604,6 +604,7 @@ fn optimum_mlp(
         batch_size: 100,
         momentum: 0.0,
         seed: plan.rank.seed,
+        ..SgdConfig::default()
     };
     let steps = (plan.sgd_epochs * n / config.batch_size) as u64;
     let what = format!(

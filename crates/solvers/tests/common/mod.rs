@@ -1,6 +1,8 @@
 //! Small test objectives with known minimisers.
 #![allow(dead_code)]
 
+pub mod runs;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -180,5 +182,124 @@ impl Objective for Rosenbrock {
     }
     fn subsample(&self, _indices: &[usize]) -> Result<Arc<dyn Objective>> {
         Ok(Arc::new(Rosenbrock::new()))
+    }
+}
+
+/// Least squares over rows, f(w) = (1/2n) Σᵢ (xᵢ·w − yᵢ)², with a sample per
+/// row so that mini-batch solvers draw real batches. Computed in plain f64
+/// loops ([`least_squares_grad`]), which the tests' reference iterations call
+/// too.
+pub struct LeastSquares {
+    pub layout: ParamLayout,
+    pub x: Vec<Vec<f64>>,
+    pub y: Vec<f64>,
+}
+
+impl LeastSquares {
+    pub fn new(x: Vec<Vec<f64>>, y: Vec<f64>) -> Self {
+        Self {
+            layout: layout(x[0].len()),
+            x,
+            y,
+        }
+    }
+
+    /// `rows` rows of `dim` fixed, varied entries (no randomness needed).
+    pub fn fixture(rows: usize, dim: usize) -> Self {
+        let x = (0..rows)
+            .map(|i| {
+                (0..dim)
+                    .map(|j| ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let y = (0..rows).map(|i| (i % 4) as f64 - 1.5).collect();
+        Self::new(x, y)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.y.len()
+    }
+}
+
+/// The loss and gradient of [`LeastSquares`] on the rows `idx` at `w`.
+pub fn least_squares_grad(x: &[Vec<f64>], y: &[f64], idx: &[usize], w: &[f64]) -> (f64, Vec<f64>) {
+    let n = idx.len() as f64;
+    let mut loss = 0.0;
+    let mut g = vec![0.0; w.len()];
+    for &i in idx {
+        let r: f64 = x[i].iter().zip(w).map(|(a, b)| a * b).sum::<f64>() - y[i];
+        loss += 0.5 * r * r / n;
+        for (gj, xj) in g.iter_mut().zip(&x[i]) {
+            *gj += r * xj / n;
+        }
+    }
+    (loss, g)
+}
+
+impl Objective for LeastSquares {
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+    fn dtype(&self) -> DType {
+        DType::F64
+    }
+    fn num_samples(&self) -> usize {
+        self.rows()
+    }
+    fn loss(&self, w: &Tensor) -> Result<f64> {
+        Ok(self.loss_and_grad(w)?.0)
+    }
+    fn loss_and_grad(&self, w: &Tensor) -> Result<(f64, Tensor)> {
+        let all: Vec<usize> = (0..self.rows()).collect();
+        let (f, g) = least_squares_grad(&self.x, &self.y, &all, &w.to_vec1::<f64>()?);
+        Ok((f, t(&g)))
+    }
+    /// (1/n) XᵀX, the Hessian and Gauss-Newton matrix alike.
+    fn curvature(&self, _w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
+        Ok(Arc::new(GramOp(self.x.clone(), Counter::default())))
+    }
+    fn diag_curvature(&self, _w: &Tensor) -> Result<Tensor> {
+        let n = self.rows() as f64;
+        let d = (0..self.x[0].len())
+            .map(|j| self.x.iter().map(|r| r[j] * r[j]).sum::<f64>() / n)
+            .collect::<Vec<_>>();
+        Ok(t(&d))
+    }
+    fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
+        Ok(Arc::new(LeastSquares::new(
+            indices.iter().map(|&i| self.x[i].clone()).collect(),
+            indices.iter().map(|&i| self.y[i]).collect(),
+        )))
+    }
+}
+
+struct GramOp(Vec<Vec<f64>>, Counter);
+
+impl LinOp for GramOp {
+    fn dim(&self) -> usize {
+        self.0[0].len()
+    }
+    fn apply(&self, v: &Tensor) -> Result<Tensor> {
+        self.1.tick();
+        let v = v.to_vec1::<f64>()?;
+        let n = self.0.len() as f64;
+        let mut out = vec![0.0; v.len()];
+        for row in &self.0 {
+            let r: f64 = row.iter().zip(&v).map(|(a, b)| a * b).sum();
+            for (o, x) in out.iter_mut().zip(row) {
+                *o += r * x / n;
+            }
+        }
+        Ok(t(&out))
+    }
+    fn samples_per_apply(&self) -> usize {
+        self.0.len()
+    }
+    fn applications(&self) -> usize {
+        self.1.get()
     }
 }

@@ -1,8 +1,10 @@
-//! Multi-layer perceptrons with exact Hessian products by Pearlmutter's
+//! Multi-layer perceptrons (and autoencoders, which are MLPs with their
+//! inputs as targets) with exact Hessian products by Pearlmutter's
 //! R-operator and Gauss-Newton products by `Jᵀ H_L J v`.
 //!
 //! Notation, for layers `l = 0..L`: `a_0 = x`, `z_l = a_l W_l + b_l`,
-//! `a_{l+1} = σ(z_l)`, logits `z_{L-1}`. `δ_l = ∂f/∂z_l`, `e_l = δ_l W_lᵀ`
+//! `a_{l+1} = σ_l(z_l)` with layer `l`'s own activation `σ_l`, logits
+//! `z_{L-1}`. `δ_l = ∂f/∂z_l`, `e_l = δ_l W_lᵀ`
 //! (the gradient with respect to `a_l`). The R-operator `R{·}` is the
 //! directional derivative along `V`:
 //!
@@ -23,7 +25,7 @@ use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::fused::{XStorage, batch_bytes, simd_level};
 use crate::linop::{Counter, LinOp};
-use crate::loss::{Loss, SoftmaxCrossEntropy};
+use crate::loss::Loss;
 use crate::model::{Activation, Model, ModelSpec};
 use crate::objective::{Batches, CurvatureKind, Objective};
 use crate::params::ParamLayout;
@@ -32,7 +34,8 @@ use crate::softmax::check_shapes;
 
 pub struct MlpObjective {
     model: Model,
-    activation: Activation,
+    /// Each hidden layer's activation, in order.
+    activations: Vec<Activation>,
     data: Batches,
     reg: Arc<Regularizer>,
     storage: XStorage,
@@ -78,29 +81,29 @@ impl MlpObjective {
         penalties: Vec<Penalty>,
         storage: XStorage,
     ) -> Result<Self> {
-        let ModelSpec::Mlp { activation, .. } = model.spec() else {
+        if matches!(model.spec(), ModelSpec::Softmax { .. }) {
             return Err(ModelError::Spec(format!(
-                "MlpObjective needs an MLP, got {}",
+                "MlpObjective needs an MLP or an autoencoder, got {}",
                 model.spec()
             )));
-        };
-        let activation = *activation;
+        }
+        let activations = model.hidden_layers().iter().map(|h| h.activation).collect();
         check_shapes(&model, &data)?;
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
         let sparse = sparse_chunks(&data, storage)?;
         Ok(Self {
+            loss: model.natural_loss(),
             model,
-            activation,
+            activations,
             data,
             reg: Arc::new(reg),
             storage,
             sparse,
-            loss: Arc::new(SoftmaxCrossEntropy),
         })
     }
 
-    /// The same MLP with `loss` on its outputs instead of softmax
-    /// cross-entropy (a linear last layer in every case: the loss applies
+    /// The same MLP with `loss` on its outputs instead of the model's
+    /// [`Model::natural_loss`] (a linear last layer in every case: the loss applies
     /// its own output non-linearity).
     pub fn with_loss(mut self, loss: Arc<dyn Loss>) -> Self {
         self.loss = loss;
@@ -136,8 +139,9 @@ impl MlpObjective {
             if l == last {
                 z_out = Some(z);
             } else {
-                let a = self.activation.forward(&z)?;
-                let (s1, s2) = self.activation.derivatives(&z, &a)?;
+                let act = self.activations[l];
+                let a = act.forward(&z)?;
+                let (s1, s2) = act.derivatives(&z, &a)?;
                 d1.push(s1);
                 d2.push(s2);
                 inputs.push(a);
@@ -414,7 +418,7 @@ impl Objective for MlpObjective {
         let data = self.data.select(indices)?;
         Ok(Arc::new(Self {
             model: self.model.clone(),
-            activation: self.activation,
+            activations: self.activations.clone(),
             sparse: sparse_chunks(&data, self.storage)?,
             data,
             reg: self.reg.clone(),

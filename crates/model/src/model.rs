@@ -260,10 +260,18 @@ pub enum Init {
     },
     /// Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
     Glorot,
+    /// Martens' (2010) sparse initialisation: each unit gets
+    /// [`Init::SPARSE_NONZEROS`] incoming weights from N(0, 1) (all of them
+    /// when its fan-in is smaller) and the rest zero, so that units start
+    /// distinct and saturated deep networks do not, whatever the width.
+    Sparse,
 }
 
 impl Init {
-    pub const CHOICES: &'static str = "zero, normal:STD (e.g. normal:0.1), glorot";
+    pub const CHOICES: &'static str = "zero, normal:STD (e.g. normal:0.1), glorot, sparse";
+
+    /// Non-zero incoming weights per unit under [`Init::Sparse`], Martens' choice.
+    pub const SPARSE_NONZEROS: usize = 15;
 }
 
 impl FromStr for Init {
@@ -272,6 +280,7 @@ impl FromStr for Init {
         match s {
             "zero" | "zeros" => Ok(Self::Zeros),
             "glorot" => Ok(Self::Glorot),
+            "sparse" => Ok(Self::Sparse),
             _ => match s.strip_prefix("normal:").map(str::parse::<f64>) {
                 Some(Ok(std)) if std.is_finite() && std > 0.0 => Ok(Self::TruncatedNormal { std }),
                 _ => Err(ModelError::Spec(format!(
@@ -289,6 +298,7 @@ impl fmt::Display for Init {
             Self::Zeros => f.write_str("zero"),
             Self::TruncatedNormal { std } => write!(f, "normal:{std}"),
             Self::Glorot => f.write_str("glorot"),
+            Self::Sparse => f.write_str("sparse"),
         }
     }
 }
@@ -518,6 +528,19 @@ impl Model {
                         .map_err(|e| ModelError::Spec(format!("glorot: {e}")))?;
                     for x in block.iter_mut() {
                         *x = uniform.sample(&mut rng);
+                    }
+                }
+                Init::Sparse => {
+                    let (fan_in, fan_out) = (spec.shape[0], spec.shape[1]);
+                    let k = Init::SPARSE_NONZEROS.min(fan_in);
+                    let normal = Normal::new(0.0, 1.0)
+                        .map_err(|e| ModelError::Spec(format!("sparse: {e}")))?;
+                    // Weights are [fan_in, fan_out]: unit j's incoming
+                    // weights are column j.
+                    for j in 0..fan_out {
+                        for i in rand::seq::index::sample(&mut rng, fan_in, k) {
+                            block[i * fan_out + j] = normal.sample(&mut rng);
+                        }
                     }
                 }
             }

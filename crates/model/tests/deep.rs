@@ -1,7 +1,8 @@
 //! Deep models: MLPs with a different activation in every layer and Martens'
 //! autoencoder. Their gradient, exact Hessian (R-operator) and Gauss-Newton
 //! products against finite differences and double backward, in f64 on tiny
-//! batches; the spec strings; and the reconstruction error.
+//! batches; the spec strings; the sparse initialisation; and the reconstruction
+//! error.
 
 use std::fs;
 use std::path::Path;
@@ -327,8 +328,59 @@ fn reconstruction_error_is_martens_squared_error() -> R<()> {
     Ok(())
 }
 
+#[test]
+fn sparse_init_gives_each_unit_fifteen_normal_weights() -> R<()> {
+    let model = Model::new(
+        ModelSpec::parse("mlp:20:logistic,10:tanh", Activation::Tanh)?,
+        30,
+        3,
+    )?;
+    let w = model
+        .init(Init::Sparse, 5, &Device::Cpu, DType::F64)?
+        .to_vec1::<f64>()?;
+    assert_eq!(
+        w,
+        model
+            .init(Init::Sparse, 5, &Device::Cpu, DType::F64)?
+            .to_vec1::<f64>()?
+    );
+    assert_ne!(
+        w,
+        model
+            .init(Init::Sparse, 6, &Device::Cpu, DType::F64)?
+            .to_vec1::<f64>()?
+    );
+    for spec in model.layout().params() {
+        let block = &w[spec.range()];
+        if spec.kind == ParamKind::Bias {
+            assert!(block.iter().all(|&b| b == 0.0), "{}", spec.name);
+            continue;
+        }
+        let (fan_in, fan_out) = (spec.shape[0], spec.shape[1]);
+        for j in 0..fan_out {
+            let nz = (0..fan_in)
+                .filter(|&i| block[i * fan_out + j] != 0.0)
+                .count();
+            assert_eq!(
+                nz,
+                Init::SPARSE_NONZEROS.min(fan_in),
+                "{} unit {j}",
+                spec.name
+            );
+        }
+    }
+    // Unit-variance draws: 15·(20 + 10) + 10·3 non-zeros in all.
+    let nz: Vec<f64> = w.iter().copied().filter(|&x| x != 0.0).collect();
+    assert_eq!(nz.len(), 15 * 30 + 10 * 3);
+    let var = nz.iter().map(|x| x * x).sum::<f64>() / nz.len() as f64;
+    assert!((var - 1.0).abs() < 0.2, "variance {var}");
+    assert_eq!("sparse".parse::<Init>()?, Init::Sparse);
+    assert_eq!(Init::Sparse.to_string(), "sparse");
+    Ok(())
+}
+
 /// Glorot and the truncated normal draw from the same ChaCha8 stream in
-/// the same order as before per-layer activations:
+/// the same order as before per-layer activations and the sparse init:
 /// parameters are bit for bit what they were.
 #[test]
 fn existing_inits_are_unchanged() -> R<()> {
@@ -485,5 +537,7 @@ fn spec_strings_keep_the_old_form_and_add_per_layer_ones() -> R<()> {
     }
     let e = "gelu".parse::<Activation>().unwrap_err().to_string();
     assert!(e.contains("logistic, linear"), "{e}");
+    let e = "dense".parse::<Init>().unwrap_err().to_string();
+    assert!(e.contains("sparse"), "{e}");
     Ok(())
 }

@@ -119,6 +119,38 @@ impl MlpObjective {
         &self.model
     }
 
+    /// `(1/n) Σ_i (∇ℓ_i(w))²`, elementwise: the squared gradient of each
+    /// case's loss `ℓ_i`, averaged over the `n` cases as the gradient
+    /// `(1/n) Σ_i ∇ℓ_i` is, so that it is on the curvature's scale (it is
+    /// the diagonal of the empirical Fisher `(1/n) Σ_i ∇ℓ_i ∇ℓ_iᵀ`). The
+    /// penalties are not per-case and are left out. Martens' (2010)
+    /// preconditioner is built from it.
+    ///
+    /// No per-case backward pass: case `i`'s gradient of a dense layer is
+    /// the outer product `a_i δ_iᵀ`, so `Σ_i (a_i δ_iᵀ)² = (A ⊙ A)ᵀ(Δ ⊙ Δ)`,
+    /// one product per layer, and `Σ_i δ_i²` for the bias.
+    pub fn per_example_squared_gradients(&self, w: &Tensor) -> Result<Tensor> {
+        let (_, caches) = self.caches(w)?;
+        // The cached δ are divided by n, so their squares carry 1/n².
+        let n = self.data.rows() as f64;
+        let mut acc = None;
+        for c in &caches {
+            let squares = (0..c.deltas.len())
+                .map(|l| {
+                    let d2 = c.deltas[l].sqr()?;
+                    let a2d2 = layer_t_matmul(&c.inputs[l], c.sparse_in(l), &d2, true)?;
+                    Ok((a2d2, d2.sum(0)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            add_into(&mut acc, squares)?;
+        }
+        let squares = pack_layers(
+            self.layout(),
+            acc.ok_or_else(|| ModelError::Batch("empty batch".into()))?,
+        )?;
+        Ok(squares.affine(n, 0.0)?)
+    }
+
     /// Forward and backward pass over one chunk: the summed loss and the caches.
     fn forward_backward(
         &self,
@@ -381,27 +413,10 @@ impl Objective for MlpObjective {
         }))
     }
 
-    /// The diagonal of the empirical Fisher, `n Σ_i (a_i²)ᵀ(δ_i²)`: one
-    /// backward pass with squared factors (Martens 2010 preconditions with it).
+    /// The diagonal of the empirical Fisher (Martens 2010 preconditions
+    /// with it) plus the penalty's diagonal.
     fn diag_curvature(&self, w: &Tensor) -> Result<Tensor> {
-        let (_, caches) = self.caches(w)?;
-        let n = self.data.rows() as f64;
-        let mut acc = None;
-        for c in &caches {
-            let diag = (0..c.deltas.len())
-                .map(|l| {
-                    let d2 = c.deltas[l].sqr()?;
-                    let a2d2 = layer_t_matmul(&c.inputs[l], c.sparse_in(l), &d2, true)?;
-                    Ok((a2d2, d2.sum(0)?))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            add_into(&mut acc, diag)?;
-        }
-        let diag = pack_layers(
-            self.layout(),
-            acc.ok_or_else(|| ModelError::Batch("empty batch".into()))?,
-        )?;
-        Ok((diag.affine(n, 0.0)? + self.reg.diagonal()?)?)
+        Ok((self.per_example_squared_gradients(w)? + self.reg.diagonal()?)?)
     }
 
     fn kernel_name(&self) -> String {

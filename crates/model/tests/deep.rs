@@ -1,8 +1,8 @@
 //! Deep models: MLPs with a different activation in every layer and Martens'
 //! autoencoder. Their gradient, exact Hessian (R-operator) and Gauss-Newton
 //! products against finite differences and double backward, in f64 on tiny
-//! batches; the spec strings; the sparse initialisation; and the reconstruction
-//! error.
+//! batches; the spec strings; the sparse initialisation; the reconstruction
+//! error; and the per-case squared gradients against a per-case loop.
 
 use std::fs;
 use std::path::Path;
@@ -251,6 +251,44 @@ fn compressed_rows_feed_any_first_layer() -> R<()> {
             let b = dense.curvature(&w, kind)?.apply(&v)?;
             assert!(rel(&a, &b)? < 1e-12, "{spec} {kind}");
         }
+        let a = csr.per_example_squared_gradients(&w)?;
+        let b = dense.per_example_squared_gradients(&w)?;
+        assert!(rel(&a, &b)? < 1e-12, "{spec}: squared gradients");
+    }
+    Ok(())
+}
+
+/// `(1/n) Σ_i (∇ℓ_i)²` against a loop over one-row objectives, whose
+/// gradient is exactly `∇ℓ_i`; penalties are not per case and stay out.
+#[test]
+fn per_example_squared_gradients_match_a_per_case_loop() -> R<()> {
+    let n = 11;
+    let cases: Vec<(Model, Batches)> = vec![
+        (
+            Model::new(ModelSpec::parse(MIXED[0], Activation::Tanh)?, 7, 3)?,
+            classification(n, 7, 3, 8)?,
+        ),
+        (
+            Model::new(ModelSpec::parse("autoencoder:6,3", Activation::Tanh)?, 7, 7)?,
+            Batches::reconstruction(&pixels(n, 7, 9)?, 4)?,
+        ),
+    ];
+    for (model, data) in cases {
+        let obj = MlpObjective::new(model.clone(), data.clone(), vec![Penalty::L2 { lam: 0.1 }])?;
+        let w = point(&model, 10)?;
+        let squares = obj.per_example_squared_gradients(&w)?;
+        let mut reference = w.zeros_like()?;
+        for i in 0..n {
+            let one = MlpObjective::new(model.clone(), data.select(&[i])?, vec![])?;
+            let (_, g) = one.loss_and_grad(&w)?;
+            reference = (reference + g.sqr()?)?;
+        }
+        let reference = reference.affine(1.0 / n as f64, 0.0)?;
+        let err = rel(&squares, &reference)?;
+        assert!(err < 1e-12, "{}: {err:e}", model.spec());
+        // Without penalties it is the preconditioner's diagonal.
+        let plain = MlpObjective::new(model.clone(), data, vec![])?;
+        assert!(rel(&plain.diag_curvature(&w)?, &squares)? < 1e-14);
     }
     Ok(())
 }

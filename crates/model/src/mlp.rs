@@ -130,11 +130,13 @@ impl MlpObjective {
     /// the outer product `a_i δ_iᵀ`, so `Σ_i (a_i δ_iᵀ)² = (A ⊙ A)ᵀ(Δ ⊙ Δ)`,
     /// one product per layer, and `Σ_i δ_i²` for the bias.
     pub fn per_example_squared_gradients(&self, w: &Tensor) -> Result<Tensor> {
-        let (_, caches) = self.caches(w)?;
+        let layers = self.model.layers(w)?;
         // The cached δ are divided by n, so their squares carry 1/n².
         let n = self.data.rows() as f64;
         let mut acc = None;
-        for c in &caches {
+        // One chunk's activations at a time: nothing here is kept for later.
+        for chunk in 0..self.data.chunks().len() {
+            let (_, c) = self.forward_backward(&layers, chunk)?;
             let squares = (0..c.deltas.len())
                 .map(|l| {
                     let d2 = c.deltas[l].sqr()?;

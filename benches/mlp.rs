@@ -29,10 +29,7 @@ use hessfree_model::{Activation, CurvatureKind, Init, MlpObjective, Model, Model
 fn mlp(c: &mut Criterion) {
     let dtype = DType::F32;
     for n in [1000usize, 60_000] {
-        let spec = ModelSpec::Mlp {
-            hidden: vec![256],
-            activation: Activation::Tanh,
-        };
+        let spec = ModelSpec::mlp(&[256], Activation::Tanh);
         let model = Model::new(spec, 784, 10).expect("model");
         let w = model
             .init(Init::Glorot, 1, &Device::Cpu, dtype)
@@ -143,10 +140,7 @@ fn mlp_cuda(c: &mut Criterion) {
     };
     let dtype = DType::F32;
     for n in [1000usize, 60_000] {
-        let spec = ModelSpec::Mlp {
-            hidden: vec![256],
-            activation: Activation::Tanh,
-        };
+        let spec = ModelSpec::mlp(&[256], Activation::Tanh);
         let model = Model::new(spec, 784, 10).expect("model");
         let w = model.init(Init::Glorot, 1, &dev, dtype).expect("init");
         let t = common::subset(n).to_tensors(&dev, dtype).expect("tensors");

@@ -153,14 +153,7 @@ fn lanczos_extremes_match_dense_softmax() -> R<()> {
 fn tiny_mlp() -> R<(Arc<dyn Objective>, Tensor)> {
     let rows: Vec<usize> = (0..60).collect();
     let (x, y) = mnist_crop(&rows, 3)?;
-    let model = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![6],
-            activation: Activation::Tanh,
-        },
-        9,
-        10,
-    )?;
+    let model = Model::new(ModelSpec::mlp(&[6], Activation::Tanh), 9, 10)?;
     let obj = objective_for(&model, Batches::new(&x, &y, 16)?, vec![])?;
     let w = model.init(Init::TruncatedNormal { std: 0.8 }, 5, &DEV, DType::F64)?;
     Ok((obj, w))

@@ -269,14 +269,7 @@ fn cases(problem: &Problem) -> Result<Vec<Case>> {
         },
         Case {
             name: format!("MLP {d}-{hidden}-{k} tanh"),
-            model: Model::new(
-                ModelSpec::Mlp {
-                    hidden: vec![hidden],
-                    activation: Activation::Tanh,
-                },
-                d,
-                k,
-            )?,
+            model: Model::new(ModelSpec::mlp(&[hidden], Activation::Tanh), d, k)?,
             penalties: vec![],
             init: Init::Glorot,
         },

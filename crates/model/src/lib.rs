@@ -2,7 +2,8 @@
 //!
 //! The pieces, bottom up:
 //! - [`ParamLayout`]: one flat parameter tensor with named views;
-//! - [`Model`]: softmax regression or an MLP, its logits and initialisations;
+//! - [`Model`]: softmax regression, an MLP or a deep autoencoder, its logits,
+//!   initialisations and natural loss;
 //! - [`Regularizer`]: the L2 and Laplacian penalties, both quadratic forms;
 //! - [`Objective`]: loss, gradient and curvature over a batch, implemented in
 //!   closed form ([`SoftmaxObjective`]), by the R-operator ([`MlpObjective`])
@@ -40,7 +41,7 @@ pub use error::{ModelError, Result};
 pub use linop::{Counter, Damped, LinOp, Sum};
 pub use loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};
 pub use mlp::MlpObjective;
-pub use model::{Activation, Init, Model, ModelSpec};
+pub use model::{Activation, Hidden, Init, Model, ModelSpec};
 pub use objective::{Batches, CurvatureKind, Objective};
 pub use params::{ParamKind, ParamLayout, ParamSpec};
 pub use regularizer::{Penalty, Regularizer};
@@ -48,7 +49,9 @@ pub use softmax::{KernelChoice, KernelOptions, SoftmaxKernel, SoftmaxObjective};
 pub use weights::{WEIGHTS_FILE, WeightsError, load_weights, load_weights_stored, save_weights};
 
 /// Builds the objective that fits `model`: closed forms for softmax
-/// regression, the R-operator for MLPs; default kernels.
+/// regression, the R-operator for MLPs and autoencoders, each with its
+/// [`Model::natural_loss`]; default kernels. An autoencoder's `data` must
+/// hold its inputs as targets ([`Batches::reconstruction`]).
 pub fn objective_for(
     model: &Model,
     data: Batches,
@@ -73,11 +76,9 @@ pub fn objective_with(
             penalties,
             kernels,
         )?),
-        ModelSpec::Mlp { .. } => Arc::new(MlpObjective::with_storage(
-            model.clone(),
-            data,
-            penalties,
-            kernels.storage,
-        )?),
+        ModelSpec::Mlp { .. } | ModelSpec::Autoencoder { .. } => Arc::new(
+            MlpObjective::with_storage(model.clone(), data, penalties, kernels.storage)?
+                .with_loss(model.natural_loss()),
+        ),
     })
 }

@@ -1,8 +1,10 @@
-//! Multi-layer perceptrons with exact Hessian products by Pearlmutter's
+//! Multi-layer perceptrons (and autoencoders, which are MLPs with their
+//! inputs as targets) with exact Hessian products by Pearlmutter's
 //! R-operator and Gauss-Newton products by `Jᵀ H_L J v`.
 //!
 //! Notation, for layers `l = 0..L`: `a_0 = x`, `z_l = a_l W_l + b_l`,
-//! `a_{l+1} = σ(z_l)`, logits `z_{L-1}`. `δ_l = ∂f/∂z_l`, `e_l = δ_l W_lᵀ`
+//! `a_{l+1} = σ_l(z_l)` with layer `l`'s own activation `σ_l`, logits
+//! `z_{L-1}`. `δ_l = ∂f/∂z_l`, `e_l = δ_l W_lᵀ`
 //! (the gradient with respect to `a_l`). The R-operator `R{·}` is the
 //! directional derivative along `V`:
 //!
@@ -23,7 +25,7 @@ use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::fused::{XStorage, batch_bytes, simd_level};
 use crate::linop::{Counter, LinOp};
-use crate::loss::{Loss, SoftmaxCrossEntropy};
+use crate::loss::Loss;
 use crate::model::{Activation, Model, ModelSpec};
 use crate::objective::{Batches, CurvatureKind, Objective};
 use crate::params::ParamLayout;
@@ -32,7 +34,8 @@ use crate::softmax::check_shapes;
 
 pub struct MlpObjective {
     model: Model,
-    activation: Activation,
+    /// Each hidden layer's activation, in order.
+    activations: Vec<Activation>,
     data: Batches,
     reg: Arc<Regularizer>,
     storage: XStorage,
@@ -78,29 +81,29 @@ impl MlpObjective {
         penalties: Vec<Penalty>,
         storage: XStorage,
     ) -> Result<Self> {
-        let ModelSpec::Mlp { activation, .. } = model.spec() else {
+        if matches!(model.spec(), ModelSpec::Softmax { .. }) {
             return Err(ModelError::Spec(format!(
-                "MlpObjective needs an MLP, got {}",
+                "MlpObjective needs an MLP or an autoencoder, got {}",
                 model.spec()
             )));
-        };
-        let activation = *activation;
+        }
+        let activations = model.hidden_layers().iter().map(|h| h.activation).collect();
         check_shapes(&model, &data)?;
         let reg = Regularizer::new(penalties, model.layout(), data.device(), data.dtype())?;
         let sparse = sparse_chunks(&data, storage)?;
         Ok(Self {
+            loss: model.natural_loss(),
             model,
-            activation,
+            activations,
             data,
             reg: Arc::new(reg),
             storage,
             sparse,
-            loss: Arc::new(SoftmaxCrossEntropy),
         })
     }
 
-    /// The same MLP with `loss` on its outputs instead of softmax
-    /// cross-entropy (a linear last layer in every case: the loss applies
+    /// The same MLP with `loss` on its outputs instead of the model's
+    /// [`Model::natural_loss`] (a linear last layer in every case: the loss applies
     /// its own output non-linearity).
     pub fn with_loss(mut self, loss: Arc<dyn Loss>) -> Self {
         self.loss = loss;
@@ -114,6 +117,40 @@ impl MlpObjective {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// `(1/n) Σ_i (∇ℓ_i(w))²`, elementwise: the squared gradient of each
+    /// case's loss `ℓ_i`, averaged over the `n` cases as the gradient
+    /// `(1/n) Σ_i ∇ℓ_i` is, so that it is on the curvature's scale (it is
+    /// the diagonal of the empirical Fisher `(1/n) Σ_i ∇ℓ_i ∇ℓ_iᵀ`). The
+    /// penalties are not per-case and are left out. Martens' (2010)
+    /// preconditioner is built from it.
+    ///
+    /// No per-case backward pass: case `i`'s gradient of a dense layer is
+    /// the outer product `a_i δ_iᵀ`, so `Σ_i (a_i δ_iᵀ)² = (A ⊙ A)ᵀ(Δ ⊙ Δ)`,
+    /// one product per layer, and `Σ_i δ_i²` for the bias.
+    pub fn per_example_squared_gradients(&self, w: &Tensor) -> Result<Tensor> {
+        let layers = self.model.layers(w)?;
+        // The cached δ are divided by n, so their squares carry 1/n².
+        let n = self.data.rows() as f64;
+        let mut acc = None;
+        // One chunk's activations at a time: nothing here is kept for later.
+        for chunk in 0..self.data.chunks().len() {
+            let (_, c) = self.forward_backward(&layers, chunk)?;
+            let squares = (0..c.deltas.len())
+                .map(|l| {
+                    let d2 = c.deltas[l].sqr()?;
+                    let a2d2 = layer_t_matmul(&c.inputs[l], c.sparse_in(l), &d2, true)?;
+                    Ok((a2d2, d2.sum(0)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            add_into(&mut acc, squares)?;
+        }
+        let squares = pack_layers(
+            self.layout(),
+            acc.ok_or_else(|| ModelError::Batch("empty batch".into()))?,
+        )?;
+        Ok(squares.affine(n, 0.0)?)
     }
 
     /// Forward and backward pass over one chunk: the summed loss and the caches.
@@ -136,8 +173,9 @@ impl MlpObjective {
             if l == last {
                 z_out = Some(z);
             } else {
-                let a = self.activation.forward(&z)?;
-                let (s1, s2) = self.activation.derivatives(&z, &a)?;
+                let act = self.activations[l];
+                let a = act.forward(&z)?;
+                let (s1, s2) = act.derivatives(&z, &a)?;
                 d1.push(s1);
                 d2.push(s2);
                 inputs.push(a);
@@ -377,27 +415,10 @@ impl Objective for MlpObjective {
         }))
     }
 
-    /// The diagonal of the empirical Fisher, `n Σ_i (a_i²)ᵀ(δ_i²)`: one
-    /// backward pass with squared factors (Martens 2010 preconditions with it).
+    /// The diagonal of the empirical Fisher (Martens 2010 preconditions
+    /// with it) plus the penalty's diagonal.
     fn diag_curvature(&self, w: &Tensor) -> Result<Tensor> {
-        let (_, caches) = self.caches(w)?;
-        let n = self.data.rows() as f64;
-        let mut acc = None;
-        for c in &caches {
-            let diag = (0..c.deltas.len())
-                .map(|l| {
-                    let d2 = c.deltas[l].sqr()?;
-                    let a2d2 = layer_t_matmul(&c.inputs[l], c.sparse_in(l), &d2, true)?;
-                    Ok((a2d2, d2.sum(0)?))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            add_into(&mut acc, diag)?;
-        }
-        let diag = pack_layers(
-            self.layout(),
-            acc.ok_or_else(|| ModelError::Batch("empty batch".into()))?,
-        )?;
-        Ok((diag.affine(n, 0.0)? + self.reg.diagonal()?)?)
+        Ok((self.per_example_squared_gradients(w)? + self.reg.diagonal()?)?)
     }
 
     fn kernel_name(&self) -> String {
@@ -414,7 +435,7 @@ impl Objective for MlpObjective {
         let data = self.data.select(indices)?;
         Ok(Arc::new(Self {
             model: self.model.clone(),
-            activation: self.activation,
+            activations: self.activations.clone(),
             sparse: sparse_chunks(&data, self.storage)?,
             data,
             reg: self.reg.clone(),

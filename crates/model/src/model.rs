@@ -1,7 +1,9 @@
-//! The models: softmax regression and MLPs, as functions of the flat vector.
+//! The models: softmax regression, MLPs and deep autoencoders, as functions
+//! of the flat vector.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use rand::SeedableRng;
@@ -9,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::error::{ModelError, Result};
+use crate::loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy};
 use crate::params::{ParamKind, ParamLayout};
 
 /// A hidden-layer nonlinearity. Each knows its first and second derivative,
@@ -18,10 +21,14 @@ pub enum Activation {
     Tanh,
     Relu,
     Softplus,
+    /// `1 / (1 + exp(-z))`, Martens' hidden units.
+    Logistic,
+    /// The identity: the code layer of an autoencoder.
+    Linear,
 }
 
 impl Activation {
-    pub const CHOICES: &'static str = "tanh, relu, softplus";
+    pub const CHOICES: &'static str = "tanh, relu, softplus, logistic, linear";
 
     pub fn forward(self, z: &Tensor) -> Result<Tensor> {
         Ok(match self {
@@ -29,6 +36,8 @@ impl Activation {
             Activation::Relu => z.relu()?,
             // softplus(z) = max(z, 0) + log(1 + exp(-|z|)), which never overflows.
             Activation::Softplus => (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?,
+            Activation::Logistic => sigmoid(z)?,
+            Activation::Linear => z.clone(),
         })
     }
 
@@ -51,6 +60,13 @@ impl Activation {
                 let d2 = (&s * (1.0 - &s)?)?;
                 (s, d2)
             }
+            Activation::Logistic => {
+                // σ' = σ(1 − σ), σ'' = σ'(1 − 2σ), both from a = σ(z).
+                let d1 = (a * (1.0 - a)?)?;
+                let d2 = (&d1 * a.affine(-2.0, 1.0)?)?;
+                (d1, d2)
+            }
+            Activation::Linear => (z.ones_like()?, z.zeros_like()?),
         })
     }
 }
@@ -67,6 +83,8 @@ impl FromStr for Activation {
             "tanh" => Ok(Self::Tanh),
             "relu" => Ok(Self::Relu),
             "softplus" => Ok(Self::Softplus),
+            "logistic" | "sigmoid" => Ok(Self::Logistic),
+            "linear" => Ok(Self::Linear),
             other => Err(ModelError::Spec(format!(
                 "unknown activation `{other}`; expected one of: {}",
                 Self::CHOICES
@@ -81,8 +99,17 @@ impl fmt::Display for Activation {
             Self::Tanh => "tanh",
             Self::Relu => "relu",
             Self::Softplus => "softplus",
+            Self::Logistic => "logistic",
+            Self::Linear => "linear",
         })
     }
+}
+
+/// One hidden layer of an MLP: its width and the nonlinearity after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hidden {
+    pub width: usize,
+    pub activation: Activation,
 }
 
 /// Which model to build.
@@ -90,52 +117,133 @@ impl fmt::Display for Activation {
 pub enum ModelSpec {
     /// `logits = x W (+ b)`. The notebook dropped `b`.
     Softmax { bias: bool },
-    /// Hidden layers of the given widths, then a linear output layer.
-    Mlp {
-        hidden: Vec<usize>,
-        activation: Activation,
-    },
+    /// Hidden layers, each with its own activation, then a linear output
+    /// layer of one logit per class (softmax cross-entropy).
+    Mlp { hidden: Vec<Hidden> },
+    /// Martens' deep autoencoder: logistic encoder layers of the `encoder`
+    /// widths except the last, a linear code layer of the last width, the
+    /// mirrored logistic decoder, and an output layer as wide as the input
+    /// whose logits go through logistic units (sigmoid cross-entropy against
+    /// the inputs themselves).
+    Autoencoder { encoder: Vec<usize> },
 }
 
 impl ModelSpec {
-    pub const CHOICES: &'static str = "softmax, softmax-nobias, mlp:W1[,W2...]";
+    pub const CHOICES: &'static str = "softmax, softmax-nobias, mlp:W1[,W2...] (every layer \
+         the given activation), mlp:W1:ACT1[,W2:ACT2...] (per layer; a layer without `:ACT` \
+         takes the given activation), autoencoder:W1[,W2...],CODE";
 
-    /// Parses `softmax`, `softmax-nobias` or `mlp:256,128`; the activation
-    /// is given separately because it is its own flag.
+    /// An MLP whose hidden layers of `widths` all use `activation`.
+    pub fn mlp(widths: &[usize], activation: Activation) -> Self {
+        Self::Mlp {
+            hidden: widths
+                .iter()
+                .map(|&width| Hidden { width, activation })
+                .collect(),
+        }
+    }
+
+    /// Parses `softmax`, `softmax-nobias`, `mlp:256,128`, `mlp:256:relu,128:tanh`
+    /// or `autoencoder:1000,500,250,30`. `activation` is given separately
+    /// because it is its own flag: it is every MLP layer's that names none
+    /// (autoencoders fix their own).
     pub fn parse(s: &str, activation: Activation) -> Result<Self> {
         match s {
-            "softmax" => Ok(Self::Softmax { bias: true }),
-            "softmax-nobias" => Ok(Self::Softmax { bias: false }),
-            _ => {
-                let Some(widths) = s.strip_prefix("mlp:") else {
-                    return Err(ModelError::Spec(format!(
-                        "unknown model `{s}`; expected one of: {}",
-                        Self::CHOICES
-                    )));
-                };
-                let hidden = widths
-                    .split(',')
-                    .map(|w| match w.trim().parse::<usize>() {
-                        Ok(n) if n > 0 => Ok(n),
-                        _ => Err(ModelError::Spec(format!(
-                            "bad hidden width `{w}` in `{s}`; expected positive integers like mlp:256,128"
-                        ))),
+            "softmax" => return Ok(Self::Softmax { bias: true }),
+            "softmax-nobias" => return Ok(Self::Softmax { bias: false }),
+            _ => {}
+        }
+        let width = |w: &str| match w.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ModelError::Spec(format!(
+                "bad hidden width `{w}` in `{s}`; expected positive integers like \
+                 mlp:256,128, mlp:256:relu,128:tanh or autoencoder:1000,500,250,30 \
+                 (models: {})",
+                Self::CHOICES
+            ))),
+        };
+        if let Some(layers) = s.strip_prefix("mlp:") {
+            let hidden = layers
+                .split(',')
+                .map(|layer| {
+                    let (w, act) = match layer.split_once(':') {
+                        Some((w, act)) => (
+                            w,
+                            act.trim().parse::<Activation>().map_err(|e| {
+                                ModelError::Spec(format!("layer `{layer}` of `{s}`: {e}"))
+                            })?,
+                        ),
+                        None => (layer, activation),
+                    };
+                    Ok(Hidden {
+                        width: width(w)?,
+                        activation: act,
                     })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Self::Mlp { hidden, activation })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self::Mlp { hidden });
+        }
+        if let Some(widths) = s.strip_prefix("autoencoder:") {
+            let encoder = widths.split(',').map(width).collect::<Result<Vec<_>>>()?;
+            return Ok(Self::Autoencoder { encoder });
+        }
+        Err(ModelError::Spec(format!(
+            "unknown model `{s}`; expected one of: {}",
+            Self::CHOICES
+        )))
+    }
+
+    /// Every hidden layer in order, an autoencoder's decoder included
+    /// (empty for softmax regression).
+    pub fn hidden_layers(&self) -> Vec<Hidden> {
+        match self {
+            Self::Softmax { .. } => Vec::new(),
+            Self::Mlp { hidden } => hidden.clone(),
+            Self::Autoencoder { encoder } => {
+                let Some((&code, rest)) = encoder.split_last() else {
+                    return Vec::new();
+                };
+                let logistic = |&width: &usize| Hidden {
+                    width,
+                    activation: Activation::Logistic,
+                };
+                let mut layers: Vec<Hidden> = rest.iter().map(logistic).collect();
+                layers.push(Hidden {
+                    width: code,
+                    activation: Activation::Linear,
+                });
+                layers.extend(rest.iter().rev().map(logistic));
+                layers
             }
         }
     }
 }
 
 impl fmt::Display for ModelSpec {
+    /// The form weights files and reports store: one string per model.
+    /// An MLP whose layers share an activation prints as it always has
+    /// (`mlp:256,128 (tanh)`), a mixed one per layer (`mlp:256:relu,128:tanh`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |w: Vec<String>| w.join(",");
         match self {
             Self::Softmax { bias: true } => f.write_str("softmax"),
             Self::Softmax { bias: false } => f.write_str("softmax-nobias"),
-            Self::Mlp { hidden, activation } => {
-                let w: Vec<String> = hidden.iter().map(|h| h.to_string()).collect();
-                write!(f, "mlp:{} ({activation})", w.join(","))
+            Self::Mlp { hidden } => match hidden.first().map(|h| h.activation) {
+                Some(act) if hidden.iter().all(|h| h.activation == act) => {
+                    let w = hidden.iter().map(|h| h.width.to_string()).collect();
+                    write!(f, "mlp:{} ({act})", join(w))
+                }
+                _ => {
+                    let w = hidden
+                        .iter()
+                        .map(|h| format!("{}:{}", h.width, h.activation))
+                        .collect();
+                    write!(f, "mlp:{}", join(w))
+                }
+            },
+            Self::Autoencoder { encoder } => {
+                let w = encoder.iter().map(|w| w.to_string()).collect();
+                write!(f, "autoencoder:{}", join(w))
             }
         }
     }
@@ -152,10 +260,18 @@ pub enum Init {
     },
     /// Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
     Glorot,
+    /// Martens' (2010) sparse initialisation: each unit gets
+    /// [`Init::SPARSE_NONZEROS`] incoming weights from N(0, 1) (all of them
+    /// when its fan-in is smaller) and the rest zero, so that units start
+    /// distinct and saturated deep networks do not, whatever the width.
+    Sparse,
 }
 
 impl Init {
-    pub const CHOICES: &'static str = "zero, normal:STD (e.g. normal:0.1), glorot";
+    pub const CHOICES: &'static str = "zero, normal:STD (e.g. normal:0.1), glorot, sparse";
+
+    /// Non-zero incoming weights per unit under [`Init::Sparse`], Martens' choice.
+    pub const SPARSE_NONZEROS: usize = 15;
 }
 
 impl FromStr for Init {
@@ -164,6 +280,7 @@ impl FromStr for Init {
         match s {
             "zero" | "zeros" => Ok(Self::Zeros),
             "glorot" => Ok(Self::Glorot),
+            "sparse" => Ok(Self::Sparse),
             _ => match s.strip_prefix("normal:").map(str::parse::<f64>) {
                 Some(Ok(std)) if std.is_finite() && std > 0.0 => Ok(Self::TruncatedNormal { std }),
                 _ => Err(ModelError::Spec(format!(
@@ -181,6 +298,7 @@ impl fmt::Display for Init {
             Self::Zeros => f.write_str("zero"),
             Self::TruncatedNormal { std } => write!(f, "normal:{std}"),
             Self::Glorot => f.write_str("glorot"),
+            Self::Sparse => f.write_str("sparse"),
         }
     }
 }
@@ -192,25 +310,33 @@ pub struct Model {
     spec: ModelSpec,
     inputs: usize,
     classes: usize,
+    /// [`ModelSpec::hidden_layers`], expanded once.
+    hidden: Vec<Hidden>,
     layout: ParamLayout,
 }
 
 impl Model {
+    /// `classes` is the number of outputs of a classifier; an autoencoder
+    /// ignores it, because its outputs reconstruct its `inputs`.
     pub fn new(spec: ModelSpec, inputs: usize, classes: usize) -> Result<Self> {
-        if inputs == 0 || classes < 2 {
+        let autoencoder = matches!(spec, ModelSpec::Autoencoder { .. });
+        let classes = if autoencoder { inputs } else { classes };
+        if inputs == 0 || (!autoencoder && classes < 2) {
             return Err(ModelError::Spec(format!(
                 "need at least one input and two classes, got {inputs} inputs and {classes} classes"
             )));
         }
+        let hidden = spec.hidden_layers();
+        if hidden.is_empty() && !matches!(spec, ModelSpec::Softmax { .. }) {
+            return Err(ModelError::Spec(format!(
+                "`{spec}` has no hidden layers; expected at least one width ({})",
+                ModelSpec::CHOICES
+            )));
+        }
         let mut widths = vec![inputs];
-        let bias_everywhere = match &spec {
-            ModelSpec::Softmax { bias } => *bias,
-            ModelSpec::Mlp { hidden, .. } => {
-                widths.extend(hidden);
-                true
-            }
-        };
+        widths.extend(hidden.iter().map(|h| h.width));
         widths.push(classes);
+        let bias_everywhere = !matches!(spec, ModelSpec::Softmax { bias: false });
         let mut entries = Vec::new();
         for (l, pair) in widths.windows(2).enumerate() {
             entries.push((
@@ -226,6 +352,7 @@ impl Model {
             spec,
             inputs,
             classes,
+            hidden,
             layout: ParamLayout::new(entries),
         })
     }
@@ -238,6 +365,8 @@ impl Model {
         self.inputs
     }
 
+    /// The width of the output layer: the classes of a classifier, the
+    /// inputs of an autoencoder.
     pub fn classes(&self) -> usize {
         self.classes
     }
@@ -247,21 +376,31 @@ impl Model {
     }
 
     pub fn num_layers(&self) -> usize {
-        match &self.spec {
-            ModelSpec::Softmax { .. } => 1,
-            ModelSpec::Mlp { hidden, .. } => hidden.len() + 1,
-        }
+        self.hidden.len() + 1
     }
 
     pub fn has_bias(&self) -> bool {
         !matches!(self.spec, ModelSpec::Softmax { bias: false })
     }
 
-    /// The activation between layers (`None` for softmax regression).
-    pub fn activation(&self) -> Option<Activation> {
-        match &self.spec {
-            ModelSpec::Softmax { .. } => None,
-            ModelSpec::Mlp { activation, .. } => Some(*activation),
+    /// The hidden layers in order (none for softmax regression); layer `l`'s
+    /// activation follows weight block `layer{l}`.
+    pub fn hidden_layers(&self) -> &[Hidden] {
+        &self.hidden
+    }
+
+    pub fn is_autoencoder(&self) -> bool {
+        matches!(self.spec, ModelSpec::Autoencoder { .. })
+    }
+
+    /// The loss the model is trained with: sigmoid cross-entropy against
+    /// the inputs for an autoencoder (its outputs are logistic units),
+    /// softmax cross-entropy against one-hot labels for a classifier.
+    pub fn natural_loss(&self) -> Arc<dyn Loss> {
+        if self.is_autoencoder() {
+            Arc::new(SigmoidCrossEntropy)
+        } else {
+            Arc::new(SoftmaxCrossEntropy)
         }
     }
 
@@ -280,19 +419,19 @@ impl Model {
             .collect()
     }
 
-    /// Logits `[n, classes]` for inputs `x` `[n, inputs]`.
+    /// Logits `[n, classes]` for inputs `x` `[n, inputs]`: the output
+    /// layer is linear, the loss applies the output non-linearity.
     pub fn logits(&self, w: &Tensor, x: &Tensor) -> Result<Tensor> {
         let layers = self.layers(w)?;
-        let last = layers.len() - 1;
         let mut a = x.clone();
         for (l, (weight, bias)) in layers.iter().enumerate() {
             let mut z = a.matmul(weight)?;
             if let Some(b) = bias {
                 z = z.broadcast_add(b)?;
             }
-            a = match (l == last, self.activation()) {
-                (false, Some(act)) => act.forward(&z)?,
-                _ => z,
+            a = match self.hidden.get(l) {
+                Some(h) => h.activation.forward(&z)?,
+                None => z,
             };
         }
         Ok(a)
@@ -301,6 +440,13 @@ impl Model {
     /// Fraction of rows whose arg-max logit equals the label, in chunks so a
     /// 60000-row evaluation never holds more than `chunk` rows of activations.
     pub fn accuracy(&self, w: &Tensor, x: &Tensor, labels: &Tensor, chunk: usize) -> Result<f64> {
+        if self.is_autoencoder() {
+            return Err(ModelError::Spec(format!(
+                "`{}` is an autoencoder, which has no classes to be accurate about; \
+                 expected a classifier (softmax or mlp), or use reconstruction_error",
+                self.spec
+            )));
+        }
         let n = x.dim(0)?;
         if n == 0 {
             return Err(ModelError::Batch("accuracy of an empty set".into()));
@@ -317,6 +463,38 @@ impl Model {
             correct += hits.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         }
         Ok(correct / n as f64)
+    }
+
+    /// An autoencoder's squared reconstruction error as Martens (2010)
+    /// reports it: the mean over the rows of `x` of the sum over outputs of
+    /// `(σ(logits) − x)²`, with `x` the inputs in `[0, 1]`; in chunks of
+    /// `chunk` rows, as [`Self::accuracy`].
+    pub fn reconstruction_error(&self, w: &Tensor, x: &Tensor, chunk: usize) -> Result<f64> {
+        if !self.is_autoencoder() {
+            return Err(ModelError::Spec(format!(
+                "`{}` is a classifier, whose outputs are not a reconstruction of its inputs; \
+                 expected an autoencoder (autoencoder:W1,...,CODE), or use accuracy",
+                self.spec
+            )));
+        }
+        let n = x.dim(0)?;
+        if n == 0 {
+            return Err(ModelError::Batch(
+                "reconstruction error of an empty set".into(),
+            ));
+        }
+        let mut total = 0f64;
+        let chunk = chunk.max(1);
+        for start in (0..n).step_by(chunk) {
+            let xs = x.narrow(0, start, chunk.min(n - start))?;
+            let out = sigmoid(&self.logits(w, &xs)?)?;
+            total += (out - &xs)?
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        Ok(total / n as f64)
     }
 
     /// A starting point. Biases always start at zero; weights follow `init`.
@@ -350,6 +528,19 @@ impl Model {
                         .map_err(|e| ModelError::Spec(format!("glorot: {e}")))?;
                     for x in block.iter_mut() {
                         *x = uniform.sample(&mut rng);
+                    }
+                }
+                Init::Sparse => {
+                    let (fan_in, fan_out) = (spec.shape[0], spec.shape[1]);
+                    let k = Init::SPARSE_NONZEROS.min(fan_in);
+                    let normal = Normal::new(0.0, 1.0)
+                        .map_err(|e| ModelError::Spec(format!("sparse: {e}")))?;
+                    // Weights are [fan_in, fan_out]: unit j's incoming
+                    // weights are column j.
+                    for j in 0..fan_out {
+                        for i in rand::seq::index::sample(&mut rng, fan_in, k) {
+                            block[i * fan_out + j] = normal.sample(&mut rng);
+                        }
                     }
                 }
             }

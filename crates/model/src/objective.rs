@@ -101,9 +101,14 @@ pub trait Objective: Send + Sync {
     }
 }
 
-/// A batch of inputs and one-hot targets held in row chunks, so that a
-/// product over 60000 samples never builds one giant intermediate tensor:
-/// every data term is a sum over chunks.
+/// A batch of inputs and targets held in row chunks, so that a product
+/// over 60000 samples never builds one giant intermediate tensor: every
+/// data term is a sum over chunks.
+///
+/// The targets are what the model's loss compares its outputs with: one-hot
+/// label rows for a classifier (softmax cross-entropy), and the inputs
+/// themselves, scaled to `[0, 1]`, for an autoencoder (sigmoid
+/// cross-entropy); [`Batches::reconstruction`] builds the latter.
 #[derive(Clone, Debug)]
 pub struct Batches {
     chunks: Vec<(Tensor, Tensor)>,
@@ -150,6 +155,24 @@ impl Batches {
             inputs,
             classes,
         })
+    }
+
+    /// An autoencoder's batch: `x` `[n, inputs]` is both the inputs and the
+    /// targets, which must lie in `[0, 1]` (pixels divided by 255) for
+    /// sigmoid cross-entropy to be a loss bounded below. The targets share
+    /// the inputs' storage.
+    pub fn reconstruction(x: &Tensor, chunk_rows: usize) -> Result<Self> {
+        let batches = Self::new(x, x, chunk_rows)?;
+        let (lo, hi) = (
+            x.min_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            x.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        );
+        if !(lo >= 0.0 && hi <= 1.0) {
+            return Err(ModelError::Batch(format!(
+                "an autoencoder's inputs are its targets and must lie in [0, 1]                  (pixels / 255), got values in [{lo}, {hi}]"
+            )));
+        }
+        Ok(batches)
     }
 
     pub fn rows(&self) -> usize {

@@ -5,7 +5,9 @@
 //! `layer0.bias` `[fan_out]`, `layer1.weight`, ...) plus string metadata
 //! that is enough to rebuild the [`Model`]: the model spec as
 //! [`ModelSpec`]'s `Display` prints it (`softmax`, `softmax-nobias`,
-//! `mlp:256 (tanh)`), the input and class counts and the dtype.
+//! `mlp:256 (tanh)`, `mlp:256:relu,128:tanh`, `autoencoder:1000,500,250,30`),
+//! the input and class counts (an autoencoder's classes are its inputs) and
+//! the dtype.
 //!
 //! Weights are stored `[in, out]` so that `logits = x @ W + b`; this is the
 //! transpose of `torch.nn.Linear.weight`, which is `[out, in]`.
@@ -389,7 +391,8 @@ fn decode(
         bad(
             "model",
             spec_text,
-            "softmax, softmax-nobias or mlp:W1[,W2...] (ACTIVATION)",
+            "softmax, softmax-nobias, mlp:W1[,W2...] (ACTIVATION), \
+             mlp:W1:ACT1[,W2:ACT2...] with not all ACTs the same, or autoencoder:W1[,W2...],CODE",
         )
     })?;
     let count = |key: &str| {
@@ -439,6 +442,17 @@ fn decode(
         })?;
     let model = Model::new(spec, inputs, classes)
         .map_err(|source| WeightsError::Model { path: p(), source })?;
+    if model.classes() != classes {
+        // An autoencoder's outputs are its inputs, and a file says so.
+        return Err(bad(
+            "classes",
+            &classes.to_string(),
+            &format!(
+                "{} (the inputs) for autoencoder `{spec_text}`",
+                model.classes()
+            ),
+        ));
+    }
     debug_assert_eq!(model.layout().len(), params);
     let model_name = model.spec().to_string();
 
@@ -624,13 +638,14 @@ fn parse_spec(text: &str) -> Option<ModelSpec> {
 
 /// The parameter count of a model, or `None` if it overflows.
 fn param_count(spec: &ModelSpec, inputs: usize, classes: usize) -> Option<usize> {
-    let (hidden, bias): (&[usize], bool) = match spec {
-        ModelSpec::Softmax { bias } => (&[], *bias),
-        ModelSpec::Mlp { hidden, .. } => (hidden, true),
+    let bias = !matches!(spec, ModelSpec::Softmax { bias: false });
+    let outputs = match spec {
+        ModelSpec::Autoencoder { .. } => inputs,
+        _ => classes,
     };
     let mut widths = vec![inputs];
-    widths.extend_from_slice(hidden);
-    widths.push(classes);
+    widths.extend(spec.hidden_layers().iter().map(|h| h.width));
+    widths.push(outputs);
     widths.windows(2).try_fold(0usize, |acc, pair| {
         let layer = pair[0]
             .checked_mul(pair[1])?
@@ -650,6 +665,10 @@ mod tests {
             "softmax-nobias",
             "mlp:256 (tanh)",
             "mlp:32,16 (relu)",
+            "mlp:32,16 (logistic)",
+            "mlp:8:relu,4:tanh,3:linear",
+            "autoencoder:8,4,2",
+            "autoencoder:30",
         ] {
             let spec = parse_spec(text).unwrap_or_else(|| panic!("{text}"));
             assert_eq!(spec.to_string(), text);
@@ -662,6 +681,15 @@ mod tests {
             "softmax (tanh)",
             "mlp: 256 (tanh)",
             "cnn",
+            // One model, one string: uniform layers print the old way, and
+            // every per-layer activation is spelled out.
+            "mlp:8:tanh,4:tanh",
+            "mlp:8:relu,4",
+            "mlp:8:relu,4 (tanh)",
+            "mlp:8:sigmoid,4:tanh",
+            "autoencoder:8,4 (tanh)",
+            "autoencoder:8:relu",
+            "autoencoder:",
         ] {
             assert!(parse_spec(text).is_none(), "accepted `{text}`");
         }
@@ -674,6 +702,16 @@ mod tests {
             (ModelSpec::Softmax { bias: false }, 784, 10),
             (
                 ModelSpec::parse("mlp:7,5", Activation::Relu).unwrap(),
+                13,
+                3,
+            ),
+            (
+                ModelSpec::parse("mlp:7:logistic,5:linear", Activation::Relu).unwrap(),
+                13,
+                3,
+            ),
+            (
+                ModelSpec::parse("autoencoder:7,5,2", Activation::Relu).unwrap(),
                 13,
                 3,
             ),

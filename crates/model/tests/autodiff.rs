@@ -260,14 +260,7 @@ fn products_are_right_without_the_environment_variable() -> R<()> {
 #[test]
 fn mlp_r_operator_matches_double_backward_for_every_loss() -> R<()> {
     use hessfree_model::{Activation, Init, MlpObjective, Model, ModelSpec};
-    let model = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![5],
-            activation: Activation::Tanh,
-        },
-        6,
-        3,
-    )?;
+    let model = Model::new(ModelSpec::mlp(&[5], Activation::Tanh), 6, 3)?;
     let losses: [Arc<dyn Loss>; 3] = [
         Arc::new(SoftmaxCrossEntropy),
         Arc::new(SigmoidCrossEntropy),

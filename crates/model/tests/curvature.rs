@@ -193,14 +193,7 @@ fn f32_products_match_f64() -> R<()> {
     let h32 = o32.hvp(&w.to_dtype(DType::F32)?, &v.to_dtype(DType::F32)?)?;
     assert!(rel(&h32, &h64)? < TOL32);
 
-    let m = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![5],
-            activation: Activation::Tanh,
-        },
-        16,
-        4,
-    )?;
+    let m = Model::new(ModelSpec::mlp(&[5], Activation::Tanh), 16, 4)?;
     let m64 = objective_for(&m, data(30, 16, 4, 2, 4, DType::F64)?, vec![])?;
     let m32 = objective_for(&m, data(30, 16, 4, 2, 4, DType::F32)?, vec![])?;
     let w = m.init(Init::Glorot, 2, &Device::Cpu, DType::F64)?;
@@ -312,14 +305,7 @@ fn mlp(
     activation: Activation,
     penalties: Vec<Penalty>,
 ) -> R<(Model, Arc<dyn Objective>, AutodiffObjective)> {
-    let model = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![6, 5],
-            activation,
-        },
-        16,
-        4,
-    )?;
+    let model = Model::new(ModelSpec::mlp(&[6, 5], activation), 16, 4)?;
     let batch = data(19, 16, 4, 2, 11, DType::F64)?;
     let obj = objective_for(&model, batch.clone(), penalties.clone())?;
     let m2 = model.clone();
@@ -471,14 +457,7 @@ fn data_set_operator_does_not_depend_on_chunking() -> R<()> {
         &b.chunks().iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
         0,
     )?;
-    let m = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![8],
-            activation: Activation::Tanh,
-        },
-        16,
-        4,
-    )?;
+    let m = Model::new(ModelSpec::mlp(&[8], Activation::Tanh), 16, 4)?;
     let one = objective_for(&m, Batches::new(&x, &y, 50)?, vec![])?;
     let many = objective_for(&m, Batches::new(&x, &y, 6)?, vec![])?;
     let w = m.init(Init::Glorot, 1, &Device::Cpu, DType::F64)?;

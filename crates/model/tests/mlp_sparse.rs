@@ -50,14 +50,7 @@ fn csr_first_layer_matches_dense() -> R<()> {
     for dtype in [DType::F64, DType::F32] {
         let eps = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
         for activation in [Activation::Tanh, Activation::Relu] {
-            let model = Model::new(
-                ModelSpec::Mlp {
-                    hidden: vec![9, 5],
-                    activation,
-                },
-                d,
-                k,
-            )?;
+            let model = Model::new(ModelSpec::mlp(&[9, 5], activation), d, k)?;
             let data = pixels(n, d, k, dtype)?;
             let pen = vec![Penalty::L2 { lam: 0.01 }];
             let dense = MlpObjective::with_storage(
@@ -131,14 +124,7 @@ fn csr_first_layer_matches_dense() -> R<()> {
 
 #[test]
 fn csr_needs_pixel_bytes() -> R<()> {
-    let model = Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![3],
-            activation: Activation::Tanh,
-        },
-        4,
-        2,
-    )?;
+    let model = Model::new(ModelSpec::mlp(&[3], Activation::Tanh), 4, 2)?;
     let x = Tensor::new(&[[0.5f32, 0.1, 0.0, 0.3]], &Device::Cpu)?;
     let y = Tensor::new(&[[1f32, 0.0]], &Device::Cpu)?;
     let data = Batches::new(&x, &y, 8)?;

@@ -288,10 +288,7 @@ fn softmax_objective(
 
 fn mlp_model() -> Result<Model> {
     Ok(Model::new(
-        ModelSpec::Mlp {
-            hidden: vec![MLP_HIDDEN],
-            activation: Activation::Tanh,
-        },
+        ModelSpec::mlp(&[MLP_HIDDEN], Activation::Tanh),
         784,
         MNIST_CLASSES as usize,
     )?)

@@ -54,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         "trace (Hutchinson, {} probes): {:.4e} ± {:.1e}, 95% interval [{:.4e}, {:.4e}]",
         trace.samples, trace.mean, trace.std_err, trace.ci95.0, trace.ci95.1
     );
-    println!("Hessian-vector products used: {}", hessian.applications());
+    // One product per Lanczos step and per probe.
+    println!(
+        "Hessian-vector products used: {}",
+        spectrum.alphas.len() + trace.samples
+    );
     Ok(())
 }

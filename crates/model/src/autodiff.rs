@@ -32,7 +32,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{ModelError, Result};
-use crate::linop::{Counter, LinOp};
+use crate::linop::LinOp;
 use crate::loss::{Loss, SoftmaxCrossEntropy, sum_f64};
 use crate::objective::{Batches, CurvatureKind, Objective};
 use crate::params::{ParamKind, ParamLayout};
@@ -220,7 +220,6 @@ impl AutodiffObjective {
             loss: self.loss.clone(),
             rows: n,
             reg: None,
-            counter: Counter::default(),
         })
     }
 
@@ -406,7 +405,6 @@ pub struct AutodiffCurvature {
     rows: f64,
     /// The penalty's quadratic part, if any (none for the check's operator).
     reg: Option<Arc<Regularizer>>,
-    counter: Counter,
 }
 
 impl LinOp for AutodiffCurvature {
@@ -415,7 +413,6 @@ impl LinOp for AutodiffCurvature {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         let w = self.var.as_tensor();
         let acc = on_grad_thread(|| {
             let mut acc = v.zeros_like()?;
@@ -458,9 +455,5 @@ impl LinOp for AutodiffCurvature {
 
     fn samples_per_apply(&self) -> usize {
         self.rows as usize
-    }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
     }
 }

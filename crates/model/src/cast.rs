@@ -117,8 +117,4 @@ impl LinOp for CastOp {
     fn samples_per_apply(&self) -> usize {
         self.inner.samples_per_apply()
     }
-
-    fn applications(&self) -> usize {
-        self.inner.applications()
-    }
 }

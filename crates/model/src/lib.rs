@@ -38,7 +38,7 @@ pub use autodiff::{AutodiffObjective, LogitsFn};
 pub use cast::CastObjective;
 pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use error::{ModelError, Result};
-pub use linop::{Counter, Damped, LinOp, Sum};
+pub use linop::{Damped, LinOp, Sum};
 pub use loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};
 pub use mlp::MlpObjective;
 pub use model::{Activation, Hidden, Init, Model, ModelSpec};

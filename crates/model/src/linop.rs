@@ -2,12 +2,11 @@
 //!
 //! Every curvature matrix in hessfree is only ever touched through products,
 //! like faer's `LinOp`: CG, Lanczos and the argmin adapters take a
-//! [`LinOp`] and never see a matrix. Each operator counts its own
-//! applications, because the solvers' cost accounting (HVPs, data passes)
-//! must not depend on who called `apply`.
+//! [`LinOp`] and never see a matrix. Operators do not count their
+//! products: the solvers charge each product where they take it (their
+//! problem's cost counters), which is the one count a report shows.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -22,38 +21,17 @@ pub trait LinOp: Send + Sync {
     /// Training samples touched by one application, for data-pass accounting
     /// (0 for data-free operators such as a regulariser's).
     fn samples_per_apply(&self) -> usize;
-    /// Applications so far, including those through wrappers such as [`Damped`].
-    fn applications(&self) -> usize;
-}
-
-/// A thread-safe application counter, shared by clones.
-#[derive(Clone, Debug, Default)]
-pub struct Counter(Arc<AtomicUsize>);
-
-impl Counter {
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// `(A + λI) v`: the Tikhonov-damped system that Newton-CG solves.
 pub struct Damped {
     inner: Arc<dyn LinOp>,
     lambda: f64,
-    counter: Counter,
 }
 
 impl Damped {
     pub fn new(inner: Arc<dyn LinOp>, lambda: f64) -> Self {
-        Self {
-            inner,
-            lambda,
-            counter: Counter::default(),
-        }
+        Self { inner, lambda }
     }
 
     pub fn lambda(&self) -> f64 {
@@ -67,7 +45,6 @@ impl LinOp for Damped {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         let av = self.inner.apply(v)?;
         if self.lambda == 0.0 {
             return Ok(av);
@@ -78,24 +55,16 @@ impl LinOp for Damped {
     fn samples_per_apply(&self) -> usize {
         self.inner.samples_per_apply()
     }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
-    }
 }
 
 /// The sum of operators, e.g. a data term plus a regulariser's Hessian.
 pub struct Sum {
     terms: Vec<Arc<dyn LinOp>>,
-    counter: Counter,
 }
 
 impl Sum {
     pub fn new(terms: Vec<Arc<dyn LinOp>>) -> Self {
-        Self {
-            terms,
-            counter: Counter::default(),
-        }
+        Self { terms }
     }
 }
 
@@ -105,7 +74,6 @@ impl LinOp for Sum {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         let mut acc: Option<Tensor> = None;
         for term in &self.terms {
             let tv = term.apply(v)?;
@@ -122,10 +90,6 @@ impl LinOp for Sum {
 
     fn samples_per_apply(&self) -> usize {
         self.terms.iter().map(|t| t.samples_per_apply()).sum()
-    }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
     }
 }
 

@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::fused::{XStorage, batch_bytes, simd_level};
-use crate::linop::{Counter, LinOp};
+use crate::linop::LinOp;
 use crate::loss::Loss;
 use crate::model::{Activation, Model, ModelSpec};
 use crate::objective::{Batches, CurvatureKind, Objective};
@@ -411,7 +411,6 @@ impl Objective for MlpObjective {
             rows: self.data.rows(),
             reg: self.reg.clone(),
             loss: self.loss.clone(),
-            counter: Counter::default(),
         }))
     }
 
@@ -454,7 +453,6 @@ pub struct MlpCurvature {
     rows: usize,
     reg: Arc<Regularizer>,
     loss: Arc<dyn Loss>,
-    counter: Counter,
 }
 
 impl MlpCurvature {
@@ -520,7 +518,6 @@ impl LinOp for MlpCurvature {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         let views = self.layout.views(v)?;
         let dirs: Vec<(Tensor, Tensor)> = views
             .chunks(2)
@@ -543,9 +540,5 @@ impl LinOp for MlpCurvature {
 
     fn samples_per_apply(&self) -> usize {
         self.rows
-    }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::linop::{Counter, LinOp, vec};
+use crate::linop::{LinOp, vec};
 use crate::params::ParamLayout;
 
 /// The notebook's 3x3 Laplacian kernel; it is symmetric under a half turn,
@@ -43,7 +43,6 @@ pub struct Regularizer {
     terms: Vec<Penalty>,
     layout: ParamLayout,
     weight_mask: Tensor,
-    counter: Counter,
 }
 
 impl Regularizer {
@@ -80,7 +79,6 @@ impl Regularizer {
             terms,
             layout: layout.clone(),
             weight_mask: layout.weight_mask(device, dtype)?,
-            counter: Counter::default(),
         })
     }
 
@@ -156,16 +154,11 @@ impl LinOp for Regularizer {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         self.apply_q(v)
     }
 
     fn samples_per_apply(&self) -> usize {
         0
-    }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
     }
 }
 

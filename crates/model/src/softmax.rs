@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{ModelError, Result};
 use crate::fused::{FusedProducts, FusedSoftmax, SimdLevel, XStorage, simd_level};
 use crate::fused_ops::FusedOps;
-use crate::linop::{Counter, LinOp};
+use crate::linop::LinOp;
 use crate::model::{Model, ModelSpec};
 use crate::objective::{
     Batches, CurvatureKind, Objective, softmax_cross_entropy, softmax_curvature_product,
@@ -341,7 +341,6 @@ impl Objective for SoftmaxObjective {
             chunks,
             rows: self.data.rows(),
             reg: self.reg.clone(),
-            counter: Counter::default(),
             fused,
         }))
     }
@@ -406,7 +405,6 @@ pub struct SoftmaxCurvature {
     chunks: Vec<(Tensor, Tensor)>,
     rows: usize,
     reg: Arc<Regularizer>,
-    counter: Counter,
     /// The fused kernel and the probabilities `[rows, k]`, when in use.
     fused: Option<(Arc<dyn FusedProducts>, Tensor)>,
 }
@@ -424,7 +422,6 @@ impl LinOp for SoftmaxCurvature {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.counter.tick();
         if let Some((f, p)) = &self.fused {
             let hv = f.hvp_flat(p, v, self.bias)?;
             if self.reg.is_empty() {
@@ -457,9 +454,5 @@ impl LinOp for SoftmaxCurvature {
 
     fn samples_per_apply(&self) -> usize {
         self.rows
-    }
-
-    fn applications(&self) -> usize {
-        self.counter.get()
     }
 }

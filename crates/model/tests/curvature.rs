@@ -96,7 +96,6 @@ fn check_hvp(obj: &dyn Objective, w: &Tensor, kind: CurvatureKind, seed: u64) ->
     let hu = op.apply(&u)?;
     let sym = (fv::dot(&u, &hv)? - fv::dot(&v, &hu)?).abs() / (fv::norm(&u)? * fv::norm(&hv)?);
     assert!(sym < 1e-10, "symmetry u·Hv vs v·Hu: {sym:e}");
-    assert_eq!(op.applications(), 2);
     if kind == CurvatureKind::Hessian {
         let err = rel(&hv, &fd_hvp(obj, w, &v)?)?;
         assert!(
@@ -436,12 +435,6 @@ fn subsampled_and_damped_operators() -> R<()> {
     let damped = Damped::new(op.clone(), 0.25);
     let expect = fv::axpy(&op.apply(&v)?, 0.25, &v)?;
     assert!(rel(&damped.apply(&v)?, &expect)? < 1e-12);
-    assert_eq!(damped.applications(), 1);
-    assert_eq!(
-        op.applications(),
-        2,
-        "the inner operator counts through the wrapper too"
-    );
     assert_eq!(damped.samples_per_apply(), 30);
     Ok(())
 }

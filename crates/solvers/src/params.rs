@@ -1,11 +1,13 @@
 //! The argmin adapter for parameters: a newtype over the flat candle tensor
 //! implementing argmin-math's traits (like linfa-logistic's newtype).
 //!
-//! argmin-math's traits cannot return errors. A candle failure inside one
-//! (it should not happen for same-shape tensors, but a device can fail) is
-//! stored in a thread-local slot instead of panicking, and the vector is
-//! replaced by NaNs so that no solver can accept it; the run wrapper raises
-//! the stored error after the iteration (see [`take_deferred_error`]).
+//! argmin-math's traits cannot return errors, nor can argmin's `dot` on the
+//! curvature operator. A candle failure inside one (it should not happen for
+//! same-shape tensors, but a device can fail) is stored in this crate's one
+//! deferred-error slot, a thread-local (argmin runs a solver's iteration on
+//! the caller's thread), instead of panicking, and the vector is replaced by
+//! NaNs so that no solver can accept it; the runner raises the stored error
+//! after the iteration (see [`take_deferred_error`]).
 
 use std::cell::RefCell;
 

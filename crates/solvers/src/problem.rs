@@ -2,7 +2,7 @@
 //! the loss and gradient, an objective for curvature (the same one, or a
 //! fixed sub-sample of it), and shared cost counters.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use argmin::core::{CostFunction, Gradient, Hessian};
 use argmin_math::ArgminDot;
@@ -18,8 +18,6 @@ pub struct HfProblem {
     curvature_objective: Arc<dyn Objective>,
     kind: CurvatureKind,
     counters: Arc<Counters>,
-    /// The first error raised inside an argmin trait call that cannot return one.
-    deferred: Arc<Mutex<Option<String>>>,
 }
 
 impl HfProblem {
@@ -34,7 +32,6 @@ impl HfProblem {
             curvature_objective,
             kind,
             counters: Arc::new(Counters::default()),
-            deferred: Arc::default(),
         }
     }
 
@@ -89,7 +86,6 @@ impl HfProblem {
         Ok(CurvatureOperator {
             op,
             counters: self.counters.clone(),
-            deferred: self.deferred.clone(),
         })
     }
 
@@ -99,13 +95,10 @@ impl HfProblem {
         Ok(self.curvature_objective.diag_curvature(w)?)
     }
 
-    /// Raises (and clears) an error recorded inside a trait call that could not return it.
+    /// Raises (and clears) an error recorded inside a trait call that
+    /// could not return it ([`crate::params::defer_error`]).
     pub fn take_deferred(&self) -> Result<()> {
-        let mut slot = self
-            .deferred
-            .lock()
-            .map_err(|_| SolverError::Argmin("error slot poisoned".into()))?;
-        match slot.take().or_else(crate::params::take_deferred_error) {
+        match crate::params::take_deferred_error() {
             Some(msg) => Err(SolverError::Argmin(msg)),
             None => Ok(()),
         }
@@ -118,7 +111,6 @@ impl HfProblem {
 pub struct CurvatureOperator {
     op: Arc<dyn LinOp>,
     counters: Arc<Counters>,
-    deferred: Arc<Mutex<Option<String>>>,
 }
 
 impl LinOp for CurvatureOperator {
@@ -134,10 +126,6 @@ impl LinOp for CurvatureOperator {
     fn samples_per_apply(&self) -> usize {
         self.op.samples_per_apply()
     }
-
-    fn applications(&self) -> usize {
-        self.op.applications()
-    }
 }
 
 /// argmin sees the curvature as a "Hessian" whose `dot` is the HVP. `dot`
@@ -148,9 +136,7 @@ impl ArgminDot<Params, Params> for CurvatureOperator {
         match self.apply(&v.0) {
             Ok(hv) => Params(hv),
             Err(e) => {
-                if let Ok(mut slot) = self.deferred.lock() {
-                    slot.get_or_insert_with(|| format!("Hessian-vector product failed: {e}"));
-                }
+                crate::params::defer_error(format!("Hessian-vector product failed: {e}"));
                 Params(v.0.affine(0.0, f64::NAN).unwrap_or_else(|_| v.0.clone()))
             }
         }

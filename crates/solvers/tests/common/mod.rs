@@ -6,7 +6,7 @@ pub mod runs;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use hessfree_model::{Counter, CurvatureKind, LinOp, Objective, ParamKind, ParamLayout, Result};
+use hessfree_model::{CurvatureKind, LinOp, Objective, ParamKind, ParamLayout, Result};
 
 pub fn layout(n: usize) -> ParamLayout {
     ParamLayout::new([("layer0.weight".to_string(), vec![n, 1], ParamKind::Weight)])
@@ -45,21 +45,17 @@ impl Quadratic {
     }
 }
 
-struct DiagOp(Tensor, Counter);
+struct DiagOp(Tensor);
 
 impl LinOp for DiagOp {
     fn dim(&self) -> usize {
         self.0.elem_count()
     }
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.1.tick();
         Ok((v * &self.0)?)
     }
     fn samples_per_apply(&self) -> usize {
         1
-    }
-    fn applications(&self) -> usize {
-        self.1.get()
     }
 }
 
@@ -92,7 +88,7 @@ impl Objective for Quadratic {
         Ok((self.loss(w)?, g))
     }
     fn curvature(&self, _w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
-        Ok(Arc::new(DiagOp(self.a.clone(), Counter::default())))
+        Ok(Arc::new(DiagOp(self.a.clone())))
     }
     fn diag_curvature(&self, _w: &Tensor) -> Result<Tensor> {
         Ok(self.a.clone())
@@ -123,23 +119,19 @@ fn xy(w: &Tensor) -> Result<(f64, f64)> {
     Ok((v[0], v[1]))
 }
 
-struct RosenbrockHessian([f64; 3], Counter);
+struct RosenbrockHessian([f64; 3]);
 
 impl LinOp for RosenbrockHessian {
     fn dim(&self) -> usize {
         2
     }
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.1.tick();
         let (a, b) = xy(v)?;
         let [hxx, hxy, hyy] = self.0;
         Ok(t(&[hxx * a + hxy * b, hxy * a + hyy * b]))
     }
     fn samples_per_apply(&self) -> usize {
         1
-    }
-    fn applications(&self) -> usize {
-        self.1.get()
     }
 }
 
@@ -171,7 +163,7 @@ impl Objective for Rosenbrock {
     fn curvature(&self, w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
         let (x, y) = xy(w)?;
         let h = [2.0 - 400.0 * (y - x * x) + 800.0 * x * x, -400.0 * x, 200.0];
-        Ok(Arc::new(RosenbrockHessian(h, Counter::default())))
+        Ok(Arc::new(RosenbrockHessian(h)))
     }
     fn diag_curvature(&self, w: &Tensor) -> Result<Tensor> {
         let (x, y) = xy(w)?;
@@ -260,7 +252,7 @@ impl Objective for LeastSquares {
     }
     /// (1/n) XᵀX, the Hessian and Gauss-Newton matrix alike.
     fn curvature(&self, _w: &Tensor, _kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
-        Ok(Arc::new(GramOp(self.x.clone(), Counter::default())))
+        Ok(Arc::new(GramOp(self.x.clone())))
     }
     fn diag_curvature(&self, _w: &Tensor) -> Result<Tensor> {
         let n = self.rows() as f64;
@@ -277,14 +269,13 @@ impl Objective for LeastSquares {
     }
 }
 
-struct GramOp(Vec<Vec<f64>>, Counter);
+struct GramOp(Vec<Vec<f64>>);
 
 impl LinOp for GramOp {
     fn dim(&self) -> usize {
         self.0[0].len()
     }
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        self.1.tick();
         let v = v.to_vec1::<f64>()?;
         let n = self.0.len() as f64;
         let mut out = vec![0.0; v.len()];
@@ -298,8 +289,5 @@ impl LinOp for GramOp {
     }
     fn samples_per_apply(&self) -> usize {
         self.0.len()
-    }
-    fn applications(&self) -> usize {
-        self.1.get()
     }
 }

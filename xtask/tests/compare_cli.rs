@@ -165,8 +165,8 @@ fn bad_flags_and_missing_data_fail_without_writing() {
     let dir = data.path().to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["--optimizers", "sgd,adam"],
-            "sgd, newton-cg, trust-region, lbfgs, dense-newton",
+            vec!["--optimizers", "sgd,rmsprop"],
+            "sgd, adam, newton-cg, trust-region, lbfgs, dense-newton",
         ),
         (vec!["--model", "cnn"], "softmax-nobias"),
         (vec!["--init", "uniform"], "glorot"),

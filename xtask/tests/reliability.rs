@@ -80,8 +80,8 @@ fn every_bad_input_is_refused_clearly() {
             nothing_written: true,
         },
         Case {
-            input: "`--optimizers sgd,adam`",
-            args: compare(&["--optimizers", "sgd,adam"], &good),
+            input: "`--optimizers sgd,rmsprop`",
+            args: compare(&["--optimizers", "sgd,rmsprop"], &good),
             expect: "expected one of: sgd, newton-cg",
             nothing_written: true,
         },

@@ -4,7 +4,7 @@
 //!
 //! - [`lanczos`]: Lanczos with full reorthogonalisation: extremal eigenvalues
 //!   with residual bounds, and the tridiagonal matrix behind them;
-//! - [`trace`]: Hutchinson's trace estimator with Rademacher probes and a
+//! - [`hutchinson`]: Hutchinson's trace estimator with Rademacher probes and a
 //!   confidence interval;
 //! - [`slq`]: the spectral density by stochastic Lanczos quadrature;
 //! - [`spectrum`]: all of the above for one objective at one point;
@@ -22,16 +22,17 @@
 //! MNIST lives in the harness crate.
 
 pub mod error;
+pub mod hutchinson;
 pub mod lambda_min;
 pub mod lanczos;
 pub mod memory;
 pub mod rank;
 pub mod slq;
 pub mod spectrum;
-pub mod trace;
 mod util;
 
 pub use error::{AnalysisError, Result};
+pub use hutchinson::{TraceEstimate, hutchinson_trace, student_t_975};
 pub use lambda_min::{LambdaMin, certify_lambda_min};
 pub use lanczos::{LanczosResult, RitzValue, lanczos, lanczos_from, tridiagonal_eigen};
 pub use memory::{OperatorMemory, ProcMemory, dense_hessian_bytes, measure_operator_memory};
@@ -45,7 +46,6 @@ pub use spectrum::{
     laplacian_smoothest_mode, operator_spectrum, rayleigh_quotient, shift_direction,
     spectrum_report,
 };
-pub use trace::{TraceEstimate, hutchinson_trace, student_t_975};
 
 #[cfg(test)]
 mod tests;

@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::hutchinson::{TraceEstimate, hutchinson_trace};
 use crate::lanczos::{LanczosResult, RitzValue, lanczos};
 use crate::slq::{SpectralNodes, gaussian_density, slq_density};
-use crate::trace::{TraceEstimate, hutchinson_trace};
 use crate::util::{apply_f64, dot};
 use hessfree_model::{CurvatureKind, LinOp, Objective};
 

@@ -7,8 +7,8 @@ use argmin::core::{IterState, Problem, State};
 use candle_core::Tensor;
 use hessfree_model::linop::vec;
 
+use crate::argmin_params::Params;
 use crate::error::{Result, SolverError};
-use crate::params::Params;
 use crate::problem::HfProblem;
 
 /// argmin's state over a flat parameter vector; `H` is the Hessian slot

@@ -7,9 +7,9 @@ use argmin::solver::quasinewton::LBFGS;
 use serde::{Deserialize, Serialize};
 
 use crate::argmin_glue::HfState;
+use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
-use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel, unsupported};
 

@@ -6,6 +6,7 @@
 
 pub mod adam;
 pub mod argmin_glue;
+pub mod argmin_params;
 pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
@@ -13,7 +14,6 @@ pub mod lbfgs;
 pub mod line_search;
 pub mod minibatch;
 pub mod newton_cg;
-pub mod params;
 pub mod problem;
 pub mod run;
 pub mod schedule;
@@ -24,12 +24,12 @@ pub mod trust_region;
 
 pub use adam::{Adam, AdamConfig};
 pub use argmin_glue::HfState;
+pub use argmin_params::Params;
 pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
 pub use lbfgs::{Lbfgs, LbfgsConfig};
 pub use newton_cg::{NewtonCg, NewtonCgConfig};
-pub use params::Params;
 pub use problem::{CurvatureOperator, HfProblem};
 pub use run::{
     CheckpointSink, Checkpointing, Evaluator, OnRecord, Resumable, RunLabel, RunOptions, RunOutput,

@@ -36,10 +36,10 @@ use hessfree_model::{Damped, LinOp};
 use serde::{Deserialize, Serialize};
 
 use crate::argmin_glue::{HfState, hf_problem, init_state, param_device, take_point};
+use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
 use crate::line_search::{Armijo, armijo};
-use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel};
 use hessfree_model::cg::{CgOptions, conjugate_gradient};

@@ -9,8 +9,8 @@ use argmin_math::ArgminDot;
 use candle_core::Tensor;
 use hessfree_model::{CurvatureKind, LinOp, Objective};
 
+use crate::argmin_params::Params;
 use crate::error::{Result, SolverError};
-use crate::params::Params;
 use crate::trace::Counters;
 
 pub struct HfProblem {
@@ -96,9 +96,9 @@ impl HfProblem {
     }
 
     /// Raises (and clears) an error recorded inside a trait call that
-    /// could not return it ([`crate::params::defer_error`]).
+    /// could not return it ([`crate::argmin_params::defer_error`]).
     pub fn take_deferred(&self) -> Result<()> {
-        match crate::params::take_deferred_error() {
+        match crate::argmin_params::take_deferred_error() {
             Some(msg) => Err(SolverError::Argmin(msg)),
             None => Ok(()),
         }
@@ -136,7 +136,7 @@ impl ArgminDot<Params, Params> for CurvatureOperator {
         match self.apply(&v.0) {
             Ok(hv) => Params(hv),
             Err(e) => {
-                crate::params::defer_error(format!("Hessian-vector product failed: {e}"));
+                crate::argmin_params::defer_error(format!("Hessian-vector product failed: {e}"));
                 Params(v.0.affine(0.0, f64::NAN).unwrap_or_else(|_| v.0.clone()))
             }
         }

@@ -20,9 +20,9 @@ use hessfree_model::linop::vec;
 use serde::Serialize;
 
 use crate::argmin_glue::{HfState, hf_problem};
+use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SnapshotMeta, SolverState};
 use crate::error::{Result, SolverError};
-use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::stop::{StopReason, StopRules};
 use crate::trace::{Counts, TraceRecord};

@@ -10,11 +10,11 @@ use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
 use crate::argmin_glue::{HfState, hf_problem, param_device};
+use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
 pub use crate::minibatch::SamplerFields;
 use crate::minibatch::{next_batch_loss_and_grad, restore_sampler, start_sampler};
-use crate::params::Params;
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel};
 use crate::schedule::LrSchedule;

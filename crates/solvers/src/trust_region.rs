@@ -15,9 +15,9 @@ use argmin_math::{ArgminAdd, ArgminDot, ArgminL2Norm, ArgminWeightedDot};
 use serde::{Deserialize, Serialize};
 
 use crate::argmin_glue::HfState;
+use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
-use crate::params::Params;
 use crate::problem::{CurvatureOperator, HfProblem};
 use crate::run::{Resumable, RunLabel};
 

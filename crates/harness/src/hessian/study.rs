@@ -8,11 +8,11 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use anyhow::{Result, bail};
+use hessfree_analysis::hutchinson::{TraceEstimate, hutchinson_trace};
 use hessfree_analysis::lanczos::lanczos;
 use hessfree_analysis::rank::{
     BatchRank, assemble_softmax_data_hessian, batch_rank, numerical_rank,
 };
-use hessfree_analysis::trace::{TraceEstimate, hutchinson_trace};
 use hessfree_model::cg::{CgOptions, CgOutcome, conjugate_gradient};
 
 use super::spy::{HessianOrder, hessian_spy_mask};

@@ -50,6 +50,9 @@ fn quick_check_passes_and_prints_every_check() {
         "softmax + Laplacian(1e-3, 14x14)",
         "softmax + bias",
         "MLP 196-32-10 tanh",
+        "MLP 196-32-10 logistic, sigmoid CE",
+        "MLP 196-32-10 softplus, squared error",
+        "autoencoder 196-16-8-16-196, sigmoid CE on the inputs",
     ] {
         assert!(stdout.contains(model), "model `{model}` missing:\n{stdout}");
     }
@@ -74,18 +77,18 @@ fn quick_check_passes_and_prints_every_check() {
         stdout.contains("1e-6") && stdout.contains("1e-3"),
         "{stdout}"
     );
-    // Five models, eight checks each, in two precisions.
+    // Eight models, eight checks each, in two precisions.
     assert!(
-        stdout.contains("80 of 80 checks within tolerance"),
+        stdout.contains("128 of 128 checks within tolerance"),
         "{stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // Every data row of the table ends in `ok`.
     let rows = table_rows(&stdout);
-    assert_eq!(rows.len(), 80, "{stdout}");
+    assert_eq!(rows.len(), 128, "{stdout}");
     assert!(rows.iter().all(|(_, ok)| ok == "ok"), "{stdout}");
-    assert_eq!(rows.iter().filter(|(d, _)| d == "f64").count(), 40);
-    assert_eq!(rows.iter().filter(|(d, _)| d == "f32").count(), 40);
+    assert_eq!(rows.iter().filter(|(d, _)| d == "f64").count(), 64);
+    assert_eq!(rows.iter().filter(|(d, _)| d == "f32").count(), 64);
 }
 
 #[test]
@@ -94,11 +97,11 @@ fn dtype_flag_selects_the_precision() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("40 of 40 checks within tolerance"),
+        stdout.contains("64 of 64 checks within tolerance"),
         "{stdout}"
     );
     let rows = table_rows(&stdout);
-    assert_eq!(rows.len(), 40, "{stdout}");
+    assert_eq!(rows.len(), 64, "{stdout}");
     assert!(rows.iter().all(|(d, _)| d == "f32"), "{stdout}");
 }
 

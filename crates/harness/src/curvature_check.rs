@@ -29,8 +29,9 @@ use hessfree_data::{MNIST_CLASSES, load_dir, resolve_data_dir, subsample_indices
 use hessfree_model::dense::{assemble_softmax_hessian, tensor_to_mat};
 use hessfree_model::linop::vec as fv;
 use hessfree_model::{
-    Activation, AutodiffObjective, Batches, CurvatureKind, Init, Model, ModelSpec, Objective,
-    ParamKind, Penalty, SoftmaxObjective, objective_for,
+    Activation, AutodiffObjective, Batches, CurvatureKind, Init, Loss, MlpObjective, Model,
+    ModelSpec, Objective, ParamKind, Penalty, SigmoidCrossEntropy, SoftmaxCrossEntropy,
+    SoftmaxObjective, SquaredError, objective_for,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -211,12 +212,18 @@ impl Problem {
         self.image_rows * self.image_cols
     }
 
-    fn batches(&self, dtype: DType) -> Result<Batches> {
+    /// The batch in `dtype`, with labels or (for an autoencoder's loss)
+    /// the inputs as targets.
+    fn batches(&self, dtype: DType, loss: CaseLoss) -> Result<Batches> {
         let (x, y) = match dtype {
             DType::F64 => (&self.x64, &self.y64),
             _ => (&self.x32, &self.y32),
         };
-        Ok(Batches::new(x, y, self.chunk_rows)?)
+        Ok(if loss.reconstructs() {
+            Batches::reconstruction(x, self.chunk_rows)?
+        } else {
+            Batches::new(x, y, self.chunk_rows)?
+        })
     }
 }
 
@@ -224,8 +231,61 @@ impl Problem {
 struct Case {
     name: String,
     model: Model,
+    loss: CaseLoss,
     penalties: Vec<Penalty>,
     init: Init,
+}
+
+/// The losses checked, each with its output Hessian `H_ℓ` written out here
+/// in plain f64 (not taken from the model crate), so that the Gauss-Newton
+/// block check is an independent route.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CaseLoss {
+    SoftmaxCrossEntropy,
+    /// Targets in [0, 1]: one-hot labels, or the inputs of an autoencoder.
+    SigmoidCrossEntropy {
+        reconstruct: bool,
+    },
+    SquaredError,
+}
+
+impl CaseLoss {
+    fn loss(self) -> Arc<dyn Loss> {
+        match self {
+            Self::SoftmaxCrossEntropy => Arc::new(SoftmaxCrossEntropy),
+            Self::SigmoidCrossEntropy { .. } => Arc::new(SigmoidCrossEntropy),
+            Self::SquaredError => Arc::new(SquaredError),
+        }
+    }
+
+    /// Whether the targets are the inputs.
+    fn reconstructs(self) -> bool {
+        matches!(self, Self::SigmoidCrossEntropy { reconstruct: true })
+    }
+
+    /// `H_ℓ(z) u` for one row of outputs `z`.
+    fn output_hessian(self, z: &[f64], u: &[f64]) -> Vec<f64> {
+        match self {
+            Self::SoftmaxCrossEntropy => {
+                // (diag(p) − p pᵀ) u = p ⊙ (u − p·u)
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / total).collect();
+                let pu: f64 = p.iter().zip(u).map(|(a, b)| a * b).sum();
+                p.iter().zip(u).map(|(pc, uc)| pc * (uc - pu)).collect()
+            }
+            Self::SigmoidCrossEntropy { .. } => z
+                .iter()
+                .zip(u)
+                .map(|(zc, uc)| {
+                    let s = 1.0 / (1.0 + (-zc).exp());
+                    s * (1.0 - s) * uc
+                })
+                .collect(),
+            Self::SquaredError => u.to_vec(),
+        }
+    }
 }
 
 fn cases(problem: &Problem) -> Result<Vec<Case>> {
@@ -239,16 +299,27 @@ fn cases(problem: &Problem) -> Result<Vec<Case>> {
         cols: problem.image_cols,
     };
     let hidden = 32;
+    let mlp = |act| Model::new(ModelSpec::mlp(&[hidden], act), d, k);
+    let code = 8;
+    let autoencoder = Model::new(
+        ModelSpec::Autoencoder {
+            encoder: vec![2 * code, code],
+        },
+        d,
+        d,
+    )?;
     Ok(vec![
         Case {
             name: "softmax".into(),
             model: softmax(false)?,
+            loss: CaseLoss::SoftmaxCrossEntropy,
             penalties: vec![],
             init: normal,
         },
         Case {
             name: "softmax + L2(1e-2)".into(),
             model: softmax(false)?,
+            loss: CaseLoss::SoftmaxCrossEntropy,
             penalties: vec![Penalty::L2 { lam: 1e-2 }],
             init: normal,
         },
@@ -258,20 +329,48 @@ fn cases(problem: &Problem) -> Result<Vec<Case>> {
                 problem.image_rows, problem.image_cols
             ),
             model: softmax(false)?,
+            loss: CaseLoss::SoftmaxCrossEntropy,
             penalties: vec![laplacian],
             init: normal,
         },
         Case {
             name: "softmax + bias".into(),
             model: softmax(true)?,
+            loss: CaseLoss::SoftmaxCrossEntropy,
             penalties: vec![],
             init: normal,
         },
         Case {
             name: format!("MLP {d}-{hidden}-{k} tanh"),
-            model: Model::new(ModelSpec::mlp(&[hidden], Activation::Tanh), d, k)?,
+            model: mlp(Activation::Tanh)?,
+            loss: CaseLoss::SoftmaxCrossEntropy,
             penalties: vec![],
             init: Init::Glorot,
+        },
+        Case {
+            name: format!("MLP {d}-{hidden}-{k} logistic, sigmoid CE"),
+            model: mlp(Activation::Logistic)?,
+            loss: CaseLoss::SigmoidCrossEntropy { reconstruct: false },
+            penalties: vec![],
+            init: Init::Glorot,
+        },
+        Case {
+            name: format!("MLP {d}-{hidden}-{k} softplus, squared error"),
+            model: mlp(Activation::Softplus)?,
+            loss: CaseLoss::SquaredError,
+            penalties: vec![],
+            init: Init::Glorot,
+        },
+        Case {
+            name: format!(
+                "autoencoder {d}-{}-{code}-{}-{d}, sigmoid CE on the inputs",
+                2 * code,
+                2 * code
+            ),
+            model: autoencoder,
+            loss: CaseLoss::SigmoidCrossEntropy { reconstruct: true },
+            penalties: vec![],
+            init: Init::Sparse,
         },
     ])
 }
@@ -295,6 +394,18 @@ fn point(case: &Case, seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(w, n, &Device::Cpu)?)
 }
 
+/// The objective under test: the closed forms for softmax regression, the
+/// R-operator for MLPs, each with the case's loss.
+fn objective(case: &Case, data: Batches) -> Result<Arc<dyn Objective>> {
+    if is_softmax(case) {
+        return Ok(objective_for(&case.model, data, case.penalties.clone())?);
+    }
+    Ok(Arc::new(
+        MlpObjective::new(case.model.clone(), data, case.penalties.clone())?
+            .with_loss(case.loss.loss()),
+    ))
+}
+
 /// The same model's logits as a plain candle closure, for double backward.
 fn autodiff(case: &Case, data: Batches) -> Result<AutodiffObjective> {
     let model = case.model.clone();
@@ -307,7 +418,8 @@ fn autodiff(case: &Case, data: Batches) -> Result<AutodiffObjective> {
         }),
         data,
         case.penalties.clone(),
-    )?)
+    )?
+    .with_loss(case.loss.loss()))
 }
 
 struct Row {
@@ -365,8 +477,8 @@ fn is_softmax(case: &Case) -> bool {
 }
 
 fn check_f64(case: &Case, problem: &Problem, w: &Tensor, seed: u64) -> Result<Vec<Row>> {
-    let data = problem.batches(DType::F64)?;
-    let obj = objective_for(&case.model, data.clone(), case.penalties.clone())?;
+    let data = problem.batches(DType::F64, case.loss)?;
+    let obj = objective(case, data.clone())?;
     let auto = autodiff(case, data.clone())?;
     let dim = obj.dim();
     let mut out = Rows {
@@ -437,13 +549,9 @@ fn check_f64(case: &Case, problem: &Problem, w: &Tensor, seed: u64) -> Result<Ve
 }
 
 fn check_f32(case: &Case, problem: &Problem, w64: &Tensor, seed: u64) -> Result<Vec<Row>> {
-    let o64 = objective_for(
-        &case.model,
-        problem.batches(DType::F64)?,
-        case.penalties.clone(),
-    )?;
-    let data = problem.batches(DType::F32)?;
-    let o32 = objective_for(&case.model, data.clone(), case.penalties.clone())?;
+    let o64 = objective(case, problem.batches(DType::F64, case.loss)?)?;
+    let data = problem.batches(DType::F32, case.loss)?;
+    let o32 = objective(case, data.clone())?;
     let auto = autodiff(case, data)?;
     let dim = o64.dim();
     let w32 = w64.to_dtype(DType::F32)?;
@@ -563,8 +671,8 @@ fn hessian_columns_error(
 
 /// The `S x S` block of the Gauss-Newton matrix from the operator against
 /// `J_Sᵀ H_L J_S`, with `J_S` (the logits' Jacobian restricted to the columns
-/// `S`) by central differences and `H_L` the block-diagonal softmax
-/// cross-entropy Hessian `(diag(p_i) − p_i p_iᵀ) / n`.
+/// `S`) by central differences and `H_L` the block-diagonal output Hessian
+/// of the case's loss, `H_ℓ(z_i) / n`.
 fn ggn_block_error(
     case: &Case,
     problem: &Problem,
@@ -577,7 +685,6 @@ fn ggn_block_error(
     let k = case.model.classes();
     let dim = case.model.layout().len();
     let logits = case.model.logits(w, x)?.flatten_all()?.to_vec1::<f64>()?;
-    let p = softmax_rows(&logits, k);
     // jac[a] = d logits / d w_{S[a]}, flattened [n * k].
     let mut jac = Vec::with_capacity(cols.len());
     for &j in cols {
@@ -599,21 +706,15 @@ fn ggn_block_error(
             .collect();
         jac.push(col);
     }
-    // H_L J_S, sample by sample: p ⊙ (J − (p·J)).
+    // H_L J_S, sample by sample.
     let hl_jac: Vec<Vec<f64>> = jac
         .iter()
         .map(|col| {
-            let mut out = vec![0f64; n * k];
+            let mut out = Vec::with_capacity(n * k);
             for i in 0..n {
                 let row = i * k..(i + 1) * k;
-                let pj: f64 = p[row.clone()]
-                    .iter()
-                    .zip(&col[row.clone()])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                for c in row {
-                    out[c] = p[c] * (col[c] - pj) / n as f64;
-                }
+                let h = case.loss.output_hessian(&logits[row.clone()], &col[row]);
+                out.extend(h.into_iter().map(|x| x / n as f64));
             }
             out
         })
@@ -628,18 +729,6 @@ fn ggn_block_error(
         }
     }
     Ok((diff / norm).sqrt())
-}
-
-/// Row-wise softmax of `[n, k]` logits, flattened.
-fn softmax_rows(z: &[f64], k: usize) -> Vec<f64> {
-    let mut p = Vec::with_capacity(z.len());
-    for row in z.chunks_exact(k) {
-        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = row.iter().map(|x| (x - max).exp()).collect();
-        let s: f64 = e.iter().sum();
-        p.extend(e.iter().map(|x| x / s));
-    }
-    p
 }
 
 /// A random direction of unit length (uniform entries, normalised), in f64.
@@ -670,7 +759,7 @@ fn print_header(problem: &Problem, args: &CheckOptions) {
     );
     println!(
         "point:      softmax weights truncated normal(std 0.1), MLP weights Glorot uniform, \
-         biases uniform in [-0.1, 0.1]; seed {}",
+         autoencoder weights Martens' sparse (15 per unit), biases uniform in [-0.1, 0.1]; seed {}",
         args.seed
     );
     println!(
@@ -772,7 +861,7 @@ fn print_notes() {
         (
             "GGN[S,S] vs FD-J JᵀH_LJ",
             "MLP: the 64 x 64 block (G e_j)_i, i, j in S, against J_Sᵀ H_L J_S with J_S by FD of the \
-             logits and H_L = (diag p_i − p_i p_iᵀ) / n exact; Frobenius",
+             logits and H_L the loss's output Hessian / n, written out in this check (softmax: diag p_i − p_i p_iᵀ; sigmoid: diag σ(1−σ); squared error: I); Frobenius",
         ),
         (
             "symmetry of H / GGN",

@@ -26,9 +26,10 @@ use crate::DataDirArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Comma-separated optimisers: sgd, adam, newton-cg, trust-region,
-    /// lbfgs, dense-newton. Append `@key=value;...` to override init, l2,
-    /// laplace, seed, curvature_dtype, lr (SGD, Adam), damping (Newton-CG),
+    /// Comma-separated optimisers: sgd, adam, newton-cg, hf (Newton-CG as
+    /// Martens runs it; use with --curvature ggn), trust-region, lbfgs,
+    /// dense-newton. Append `@key=value;...` to override init, l2,
+    /// laplace, seed, curvature_dtype, lr (SGD, Adam), damping (Newton-CG, hf),
     /// hessian_batch (dense Newton) or max_time for that run.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
@@ -164,6 +165,10 @@ pub struct CompareArgs {
     /// Take CG's last iterate without backtracking over earlier ones.
     #[arg(long)]
     pub no_cg_backtracking: bool,
+    /// Curvature products of newton-cg and hf on N training rows per
+    /// iteration, the next N of one shuffle each time (hf's default: 15000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub curvature_batch: Option<u64>,
 
     /// Initial trust-region radius.
     #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
@@ -180,7 +185,7 @@ pub struct CompareArgs {
     pub hessian_batch: usize,
 
     /// Write each run's full state to `<out>/checkpoints/<run>.ckpt` every N
-    /// iterations (SGD, Newton-CG and trust region only).
+    /// iterations (SGD, Newton-CG, hf and trust region only).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: Option<u64>,
     /// Continue each run from `<DIR>/checkpoints/<run>.ckpt`. DIR must exist;
@@ -326,6 +331,7 @@ impl CompareArgs {
                 preconditioner: self.preconditioner,
                 warm_start: !self.no_warm_start,
                 cg_backtracking: !self.no_cg_backtracking,
+                curvature_batch: self.curvature_batch.map(|n| n as usize),
             },
             trust_region: TrustRegionConfig {
                 initial_radius: self.tr_radius,

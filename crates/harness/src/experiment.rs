@@ -241,7 +241,9 @@ impl Experiment {
         let n = self.objective.num_samples();
         let rows = match method {
             Method::DenseNewton(c) => c.hessian_batch.map(|b| b.min(n)),
-            Method::NewtonCg(_) | Method::TrustRegion(_) if self.spec.hessian_fraction < 1.0 => {
+            Method::NewtonCg(_) | Method::Hf(_) | Method::TrustRegion(_)
+                if self.spec.hessian_fraction < 1.0 =>
+            {
                 Some(((n as f64 * self.spec.hessian_fraction).round() as usize).max(1))
             }
             _ => None,

@@ -18,19 +18,23 @@ pub enum Method {
     Sgd(SgdConfig),
     Adam(AdamConfig),
     NewtonCg(NewtonCgConfig),
+    /// Newton-CG with [`NewtonCgConfig::martens`]'s settings (the entry
+    /// holds them, so a report records what ran).
+    Hf(NewtonCgConfig),
     TrustRegion(TrustRegionConfig),
     Lbfgs(LbfgsConfig),
     DenseNewton(DenseNewtonConfig),
 }
 
 impl Method {
-    pub const CHOICES: &'static str = "sgd, adam, newton-cg, trust-region, lbfgs, dense-newton";
+    pub const CHOICES: &'static str = "sgd, adam, newton-cg, hf, trust-region, lbfgs, dense-newton";
 
     pub fn name(&self) -> &'static str {
         match self {
             Method::Sgd(_) => "sgd",
             Method::Adam(_) => "adam",
             Method::NewtonCg(_) => "newton-cg",
+            Method::Hf(_) => "hf",
             Method::TrustRegion(_) => "trust-region",
             Method::Lbfgs(_) => "lbfgs",
             Method::DenseNewton(_) => "dense-newton",
@@ -43,7 +47,7 @@ impl Method {
         match self {
             Method::Sgd(c) => c.validate(),
             Method::Adam(c) => c.validate(),
-            Method::NewtonCg(c) => c.validate(),
+            Method::NewtonCg(c) | Method::Hf(c) => c.validate(),
             Method::TrustRegion(c) => c.build().map(|_| ()),
             Method::Lbfgs(c) => c.build().map(|_| ()),
             Method::DenseNewton(c) => DenseNewton::new(c.clone()).map(|_| ()),
@@ -56,7 +60,11 @@ impl Method {
     pub fn checkpointable(&self) -> bool {
         matches!(
             self,
-            Method::Sgd(_) | Method::Adam(_) | Method::NewtonCg(_) | Method::TrustRegion(_)
+            Method::Sgd(_)
+                | Method::Adam(_)
+                | Method::NewtonCg(_)
+                | Method::Hf(_)
+                | Method::TrustRegion(_)
         )
     }
 }
@@ -66,7 +74,9 @@ pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) ->
     match method {
         Method::Sgd(c) => run_solver(problem, Sgd::new(c.clone())?, w0, opts),
         Method::Adam(c) => run_solver(problem, Adam::new(c.clone())?, w0, opts),
-        Method::NewtonCg(c) => run_solver(problem, NewtonCg::new(c.clone())?, w0, opts),
+        Method::NewtonCg(c) | Method::Hf(c) => {
+            run_solver(problem, NewtonCg::new(c.clone())?, w0, opts)
+        }
         Method::TrustRegion(c) => run_solver(problem, c.build()?, w0, opts),
         Method::Lbfgs(c) => run_solver(problem, c.build()?, w0, opts),
         Method::DenseNewton(c) => run_solver(problem, DenseNewton::new(c.clone())?, w0, opts),

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use common::{Quadratic, Rosenbrock, t};
-use hessfree_harness::{Method, run};
+use hessfree_harness::compare::{NewtonSettings, RunDefaults, plan};
+use hessfree_harness::{Method, ProblemSpec, run};
 use hessfree_model::{
     Batches, CurvatureKind, Model, ModelSpec, Objective, Penalty, SoftmaxObjective,
 };
 use hessfree_solvers::{
-    DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCgConfig, RunOptions, SgdConfig, StopReason,
-    StopRules, TrustRegionConfig,
+    AdamConfig, CurvatureBatches, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCgConfig,
+    RunOptions, SgdConfig, StopReason, StopRules, TrustRegionConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -420,5 +421,137 @@ fn sgd_trace_is_evaluated_on_the_full_batch_every_k_steps() -> R<()> {
     // Same seed, same run.
     let again = run(&method, HfProblem::full(obj, CurvatureKind::Hessian), w0, o)?;
     assert_eq!(again.params.to_vec1::<f64>()?, out.params.to_vec1::<f64>()?);
+    Ok(())
+}
+
+/// `hf` is Newton-CG with Martens' settings: named and checkpointable as
+/// its own entry, run by Newton-CG, and on a small logistic problem with
+/// curvature on a quarter of the rows it closes most of the gap to the
+/// optimum (ρ on the batch stops it short of a tight tolerance; the
+/// solvers' tests run it to one with ρ on the full objective).
+#[test]
+fn hf_runs_newton_cg_with_martens_settings() -> R<()> {
+    let config = NewtonCgConfig {
+        curvature_batches: Some(CurvatureBatches { size: 30, seed: 2 }),
+        ..NewtonCgConfig::martens()
+    };
+    let hf = Method::Hf(config.clone());
+    assert_eq!(hf.name(), "hf");
+    assert!(hf.checkpointable() && hf.validate().is_ok());
+    let json = serde_json::to_value(&hf)?;
+    assert_eq!(json["method"], "hf");
+    assert_eq!(json["curvature_batches"]["size"], 30);
+    assert_eq!(serde_json::from_value::<Method>(json)?, hf);
+    assert!(
+        Method::Hf(NewtonCgConfig {
+            curvature_batches: None,
+            ..config
+        })
+        .validate()
+        .is_err()
+    );
+
+    let obj: Arc<dyn Objective> = Arc::new(logistic(120, true)?);
+    let w0 = Tensor::zeros(obj.dim(), DType::F64, &Device::Cpu)?;
+    let best = run(
+        &Method::NewtonCg(NewtonCgConfig::default()),
+        HfProblem::full(obj.clone(), CurvatureKind::GaussNewton),
+        w0.clone(),
+        opts(1e-10, 200),
+    )?;
+    assert_eq!(best.stop, StopReason::GradientTolerance);
+    let out = run(
+        &hf,
+        HfProblem::full(obj.clone(), CurvatureKind::GaussNewton),
+        w0,
+        opts(1e-10, 100),
+    )?;
+    assert_eq!(out.method, "newton-cg");
+    let (f0, f, fstar) = (
+        out.trace[0].objective,
+        out.trace.last().unwrap().objective,
+        obj.loss(&best.params)?,
+    );
+    assert!(f - fstar < 0.01 * (f0 - fstar), "{f} vs {fstar} from {f0}");
+    Ok(())
+}
+
+fn run_defaults(curvature_batch: Option<usize>, hessian_fraction: f64) -> RunDefaults {
+    RunDefaults {
+        problem: ProblemSpec {
+            model: "mlp:10".into(),
+            curvature: "ggn".into(),
+            hessian_fraction,
+            seed: 9,
+            ..Default::default()
+        },
+        sgd: SgdConfig::default(),
+        adam: AdamConfig::default(),
+        newton: NewtonSettings {
+            damping: None,
+            cg_max_iters: 250,
+            cg_rel_tol: None,
+            preconditioner: false,
+            warm_start: true,
+            cg_backtracking: true,
+            curvature_batch,
+        },
+        trust_region: TrustRegionConfig::default(),
+        lbfgs: LbfgsConfig::default(),
+        hessian_batch: 0,
+        max_iters: 10,
+        sgd_steps: 10,
+        sgd_eval_every: 5,
+        max_time: None,
+    }
+}
+
+#[test]
+fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
+    let planned = plan("hf,hf@damping=3,newton-cg", &run_defaults(None, 1.0))?;
+    let configs: Vec<&NewtonCgConfig> = planned
+        .iter()
+        .map(|p| match &p.method {
+            Method::Hf(c) | Method::NewtonCg(c) => c,
+            other => panic!("planned {}", other.name()),
+        })
+        .collect();
+    assert_eq!(planned[0].method.name(), "hf");
+    let preset = NewtonCgConfig::martens();
+    assert_eq!(
+        *configs[0],
+        NewtonCgConfig {
+            curvature_batches: Some(CurvatureBatches {
+                size: 15_000,
+                seed: 9
+            }),
+            ..preset.clone()
+        },
+        "the preset, shuffled by the run's seed"
+    );
+    assert_eq!(configs[1].initial_damping, 3.0);
+    assert_eq!(
+        configs[2].curvature_batches, None,
+        "newton-cg: off by default"
+    );
+
+    let planned = plan("hf,newton-cg", &run_defaults(Some(500), 1.0))?;
+    for p in &planned {
+        let (Method::Hf(c) | Method::NewtonCg(c)) = &p.method else {
+            panic!("planned {}", p.method.name());
+        };
+        assert_eq!(
+            c.curvature_batches,
+            Some(CurvatureBatches { size: 500, seed: 9 }),
+            "{}",
+            p.label
+        );
+    }
+    assert_eq!(planned[1].method.name(), "newton-cg");
+
+    // Batches cycle through every row: a fixed curvature sub-sample is refused.
+    let err = plan("hf", &run_defaults(None, 0.5)).expect_err("hf with --hessian-fraction");
+    assert!(format!("{err:#}").contains("--hessian-fraction"), "{err:#}");
+    assert!(plan("newton-cg", &run_defaults(None, 0.5)).is_ok());
     Ok(())
 }

@@ -12,11 +12,20 @@ pub struct CgOptions {
     pub max_iters: usize,
     /// Stop when ‖r‖ ≤ rel_tol · ‖b‖ (the forcing term).
     pub rel_tol: f64,
-    /// Martens' progress rule: stop at iteration i once
-    /// `(φ_i − φ_{i−k}) / φ_i < k·ε` with `k = max(10, i/10)`. `None` disables it.
+    /// Martens' progress rule (conjgrad_1.m): stop at iteration i once
+    /// `i > k`, `φ_{i−k} < 0` and `(φ_i − φ_{i−k}) / φ_i < k·ε`, with the
+    /// window `k = max(10, ⌈i/10⌉)`. `None` disables it.
     pub progress_eps: Option<f64>,
-    /// Keep iterates at i = ⌈1.3^j⌉ for backtracking.
+    /// Keep iterates for backtracking (the final one is always kept).
     pub keep_iterates: bool,
+    /// Where the kept iterates start. `None` keeps this crate's original
+    /// points 1, 2, 3, 4, 6, 8, 11, 15, 20, … (each ⌈1.3 × the previous⌉),
+    /// so runs made before this option repeat exactly. `Some(s)` keeps
+    /// Martens' ⌈s·1.3^j⌉, the unrounded point multiplied by 1.3 each time
+    /// as conjgrad_1.m does; his s = 5 gives 5, 7, 9, 11, 15, 19, 25, …
+    /// Starting at 5 spends no loss evaluations on the first iterates, which
+    /// are rarely the best.
+    pub first_save: Option<usize>,
 }
 
 impl CgOptions {
@@ -28,6 +37,7 @@ impl CgOptions {
             rel_tol,
             progress_eps: None,
             keep_iterates: false,
+            first_save: None,
         }
     }
 }
@@ -39,8 +49,81 @@ impl Default for CgOptions {
             rel_tol: 0.1,
             progress_eps: Some(5e-4),
             keep_iterates: true,
+            first_save: None,
         }
     }
+}
+
+/// The window of Martens' progress rule at iteration `i`: `max(10, ⌈i/10⌉)`.
+/// The ceiling matters from i = 101 on (k = 11 there, not 10).
+pub fn progress_window(i: usize) -> usize {
+    10.max(i.div_ceil(10))
+}
+
+/// Whether Martens' relative-progress rule stops CG after the last entry of
+/// `phis` (`phis[j]` = φ after iteration j, `phis[0]` at the start): over
+/// the last k iterations φ fell by less than k·ε of its value.
+pub fn progress_stalled(phis: &[f64], eps: f64) -> bool {
+    let Some(i) = phis.len().checked_sub(1) else {
+        return false;
+    };
+    let k = progress_window(i);
+    if i <= k {
+        return false;
+    }
+    let (phi, prev) = (phis[i], phis[i - k]);
+    prev < 0.0 && (phi - prev) / phi < k as f64 * eps
+}
+
+/// The iterations whose iterates CG keeps (see [`CgOptions::first_save`]).
+#[derive(Clone, Copy, Debug)]
+struct SavePoints {
+    first: Option<usize>,
+    /// The next point, unrounded for Martens' schedule.
+    next: f64,
+}
+
+impl SavePoints {
+    fn new(first: Option<usize>) -> Self {
+        Self {
+            first,
+            next: first.unwrap_or(1).max(1) as f64,
+        }
+    }
+
+    /// Whether iteration `i` (counting from 1, called for each in turn) is
+    /// kept; advances past it if so.
+    fn keep(&mut self, i: usize) -> bool {
+        let i = i as f64;
+        match self.first {
+            None => {
+                if i < self.next {
+                    return false;
+                }
+                while self.next <= i {
+                    self.next = (self.next * 1.3).ceil();
+                }
+            }
+            Some(_) => {
+                if i != self.next.ceil() {
+                    return false;
+                }
+                // For s ≥ 5 one step always clears i; smaller starts would
+                // repeat a point (⌈1.3⌉ = ⌈1.69⌉ = 2), so repeats are skipped.
+                while self.next.ceil() <= i {
+                    self.next *= 1.3;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The iterations CG keeps with `first_save`, up to `max_iters` (the final
+/// iterate, always kept, aside).
+pub fn save_points(first_save: Option<usize>, max_iters: usize) -> Vec<usize> {
+    let mut points = SavePoints::new(first_save);
+    (1..=max_iters).filter(|&i| points.keep(i)).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +215,7 @@ pub fn conjugate_gradient(
     let mut phis = vec![phi];
     let mut residuals = vec![vec::norm(&r)?];
     let mut iterates = Vec::new();
-    let mut next_keep = 1.0f64;
+    let mut saves = SavePoints::new(opts.first_save);
     let mut stop = CgStop::MaxIters;
     let mut negative_curvature = None;
     let mut iters = 0;
@@ -168,26 +251,22 @@ pub fn conjugate_gradient(
             phi = 0.5 * vec::dot(&x, &(&r - b)?)?;
             phis.push(phi);
             residuals.push(vec::norm(&r)?);
-            if opts.keep_iterates && i as f64 >= next_keep {
+            if opts.keep_iterates && saves.keep(i) {
                 iterates.push(Iterate {
                     iter: i,
                     x: x.clone(),
                     phi,
                 });
-                while next_keep <= i as f64 {
-                    next_keep = (next_keep * 1.3).ceil();
-                }
             }
             if residuals[i] <= opts.rel_tol * b_norm {
                 stop = CgStop::Residual;
                 break;
             }
-            if let Some(eps) = opts.progress_eps {
-                let k = 10.max(i / 10);
-                if i > k && phi < 0.0 && (phi - phis[i - k]) / phi < k as f64 * eps {
-                    stop = CgStop::Progress;
-                    break;
-                }
+            if let Some(eps) = opts.progress_eps
+                && progress_stalled(&phis, eps)
+            {
+                stop = CgStop::Progress;
+                break;
             }
         }
     }
@@ -289,6 +368,7 @@ mod tests {
             rel_tol: 1e-14,
             progress_eps: None,
             keep_iterates: true,
+            first_save: None,
         };
         let out = conjugate_gradient(&a, &b, None, None, &opts)?;
         assert_eq!((out.stop, out.iters), (CgStop::MaxIters, 5));
@@ -315,5 +395,99 @@ mod tests {
         let out = conjugate_gradient(&a, &b, Some(&bad), None, &opts)?;
         assert!((out.x.to_vec1::<f64>()?[0] - 1.0).abs() < 1e-12);
         Ok(())
+    }
+
+    #[test]
+    fn progress_window_is_martens_ceiling() {
+        let k: Vec<usize> = [1, 10, 99, 100, 101, 110, 111, 250]
+            .into_iter()
+            .map(progress_window)
+            .collect();
+        assert_eq!(k, [10, 10, 10, 10, 11, 11, 12, 25]);
+    }
+
+    /// φ_j = −j up to j = 91, then flat at −91; ε = 5e-4. Up to i = 100 the
+    /// window is 10 and the relative progress, 10/i or (101 − i)/91, is at
+    /// least 1/91, above 10ε. At i = 101 the window is ⌈10.1⌉ = 11, and
+    /// φ_90 = −90 gives 1/91 ≈ 0.011, above 11ε = 0.0055: CG goes on, where
+    /// a window of ⌊i/10⌋ = 10 would see φ_91 = −91, no progress, and stop.
+    /// At i = 102 the window reaches φ_91 = −91: stop.
+    #[test]
+    fn progress_rule_stops_where_the_hand_computed_sequence_says() {
+        let phi = |j: usize| -(j.min(91) as f64);
+        let stops: Vec<usize> = (0..=120)
+            .filter(|&i| {
+                let phis: Vec<f64> = (0..=i).map(phi).collect();
+                progress_stalled(&phis, 5e-4)
+            })
+            .collect();
+        assert_eq!(stops.first(), Some(&102));
+        // A rise in φ over the window counts as no progress; a window that
+        // starts at φ ≥ 0 (CG from zero) never stops.
+        assert!(progress_stalled(&[-1.0; 12], 5e-4));
+        let mut rising = vec![-2.0; 12];
+        rising[11] = -1.0;
+        assert!(progress_stalled(&rising, 5e-4));
+        assert!(!progress_stalled(&[0.0; 30], 0.5));
+        assert!(!progress_stalled(&[], 5e-4));
+        // Steady progress of 10% of φ per step never stalls.
+        let steady: Vec<f64> = (0..60).map(|j| -(1.1f64.powi(j))).collect();
+        assert!(!progress_stalled(&steady, 5e-4));
+    }
+
+    /// The stop iteration of a real solve predicted from its φ sequence
+    /// (read from runs capped at 1, 2, … iterations, which repeat the same
+    /// arithmetic) with the rule written out here.
+    #[test]
+    fn cg_stops_at_the_predicted_progress_iteration() -> Result<()> {
+        let d: Vec<f64> = (1..=300).map(|i| i as f64).collect();
+        let a = diag(&d);
+        let b = Tensor::ones(300, candle_core::DType::F64, &Device::Cpu)?;
+        let capped = |max_iters| CgOptions {
+            max_iters,
+            rel_tol: 0.0,
+            progress_eps: None,
+            keep_iterates: false,
+            first_save: None,
+        };
+        let eps = 5e-4;
+        let mut phis = vec![0.0];
+        let predicted = (1..=250)
+            .find(|&i| {
+                let out = conjugate_gradient(&a, &b, None, None, &capped(i)).unwrap();
+                assert_eq!(out.iters, i);
+                phis.push(out.phi);
+                let k = 10.max(i.div_ceil(10));
+                i > k && phis[i - k] < 0.0 && (phis[i] - phis[i - k]) / phis[i] < k as f64 * eps
+            })
+            .expect("the rule fires within 250 iterations");
+        assert!(predicted > 11, "a real window: stopped at {predicted}");
+        let out = conjugate_gradient(
+            &a,
+            &b,
+            None,
+            None,
+            &CgOptions {
+                progress_eps: Some(eps),
+                ..capped(250)
+            },
+        )?;
+        assert_eq!((out.stop, out.iters), (CgStop::Progress, predicted));
+        Ok(())
+    }
+
+    #[test]
+    fn save_points_default_and_martens() {
+        assert_eq!(
+            save_points(None, 60),
+            [1, 2, 3, 4, 6, 8, 11, 15, 20, 26, 34, 45, 59]
+        );
+        // conjgrad_1.m: inext = 5, then inext·1.3 unrounded, kept at ⌈inext⌉.
+        assert_eq!(
+            save_points(Some(5), 250),
+            [5, 7, 9, 11, 15, 19, 25, 32, 41, 54, 69, 90, 117, 152, 197]
+        );
+        // Small starts skip the repeated points instead of stalling.
+        assert_eq!(save_points(Some(1), 12), [1, 2, 3, 4, 5, 7, 9, 11]);
     }
 }

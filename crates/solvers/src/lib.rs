@@ -29,7 +29,7 @@ pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
 pub use lbfgs::{Lbfgs, LbfgsConfig};
-pub use newton_cg::{NewtonCg, NewtonCgConfig};
+pub use newton_cg::{CurvatureBatches, NewtonCg, NewtonCgConfig};
 pub use problem::{CurvatureOperator, HfProblem};
 pub use run::{
     CheckpointSink, Checkpointing, Evaluator, OnRecord, Resumable, RunLabel, RunOptions, RunOutput,

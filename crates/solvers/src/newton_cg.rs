@@ -15,14 +15,17 @@
 //! - CG with a forcing sequence `‖r‖ ≤ η‖g‖`, `η = min(0.5, √‖g‖)`,
 //!   Martens' progress rule, an iteration cap and a warm start from the
 //!   previous direction (decayed);
-//! - CG backtracking over iterates kept at i = ⌈1.3^j⌉, then an Armijo
-//!   backtracking line search;
-//! - exact-Hessian or Gauss-Newton curvature, optionally sub-sampled, and an
-//!   optional diagonal preconditioner `(diag + λ)^α`;
+//! - CG backtracking over kept iterates (1, 2, 3, 4, 6, 8, 11, …, or
+//!   Martens' ⌈5·1.3^j⌉), then an Armijo backtracking line search;
+//! - exact-Hessian or Gauss-Newton curvature, optionally on a fixed
+//!   sub-sample or on mini-batches that cycle through the training set, and
+//!   an optional diagonal preconditioner `(diag + λ)^α`;
 //! - on negative curvature (exact Hessian of a non-convex model), CG stops
 //!   and λ is raised past the offending curvature;
 //! - rejection of any step whose loss or gradient is not finite: the step is
 //!   dropped and λ raised; after `max_failures` in a row the run stops.
+//!
+//! [`NewtonCgConfig::martens`] sets all of this up as Martens runs it.
 
 use std::sync::Arc;
 
@@ -68,6 +71,45 @@ pub struct NewtonCgConfig {
     pub line_search_max_steps: usize,
     /// Consecutive rejected steps before the run stops with an error.
     pub max_failures: usize,
+    /// Curvature products on a different block of training rows each outer
+    /// iteration, cycling through the whole set (Martens' `numchunks`): a
+    /// product costs a batch instead of a pass, while the gradient and the
+    /// line search stay on the full objective. `None`: the problem's own
+    /// curvature objective every iteration.
+    ///
+    /// New fields are left out of the JSON when off, so the settings (and
+    /// checkpoint labels) of runs made before them are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curvature_batches: Option<CurvatureBatches>,
+    /// ρ from the curvature batch's loss, `(f_B(w + d) − f_B(w)) / q(d)`,
+    /// as Martens computes it: `q` already has the batch's curvature, so
+    /// the numerator then measures the model on the data it was built
+    /// from, for two batch losses. Near a minimiser of the full objective
+    /// the batch's gradient no longer matches the full one, ρ becomes noise
+    /// and λ climbs, so this suits the long far-from-optimum phase of his
+    /// deep autoencoders more than a solve to a tight tolerance. Needs
+    /// `curvature_batches`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rho_on_curvature_batch: bool,
+    /// The first kept CG iterate ([`CgOptions::first_save`]); `None` keeps
+    /// this solver's original points from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cg_first_save: Option<usize>,
+    /// Warm-start the next CG from its final iterate instead of the one
+    /// backtracking chose, as nnet_train_2.m does: the final iterate is the
+    /// better solution of the quadratic, which the next solve continues.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm_start_from_final: bool,
+}
+
+/// Curvature mini-batches: one seeded shuffle of the training rows, then
+/// consecutive blocks of `size` rows of it, wrapping round at the end, so
+/// every row is used once per `n` rows drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurvatureBatches {
+    pub size: usize,
+    /// Seed of the shuffle ([`hessfree_data::permutation`], epoch 0).
+    pub seed: u64,
 }
 
 impl Default for NewtonCgConfig {
@@ -91,6 +133,10 @@ impl Default for NewtonCgConfig {
             line_search_shrink: 0.8,
             line_search_max_steps: 30,
             max_failures: 12,
+            curvature_batches: None,
+            rho_on_curvature_batch: false,
+            cg_first_save: None,
+            warm_start_from_final: false,
         }
     }
 }
@@ -107,6 +153,53 @@ impl NewtonCgConfig {
     pub fn convex() -> Self {
         Self {
             initial_damping: 1e-4,
+            ..Self::default()
+        }
+    }
+
+    /// Hessian-free as Martens runs it in nnet_train_2.m and conjgrad_1.m
+    /// (the demo code of "Deep learning via Hessian-free optimization",
+    /// 2010). The curvature kind is the problem's, not the solver's: his is
+    /// the Gauss-Newton matrix, so run it with `--curvature ggn`.
+    ///
+    /// - λ₀ = 45, his `initlambda`. He adds λ to the curvature divided by
+    ///   the number of cases, and these objectives are means, so it is the
+    ///   same scale (tuned for his autoencoders; LM adapts it from there).
+    /// - LM damping ×3/2 below ρ = 1/4, ×2/3 above 3/4 (his `boost`, `drop`).
+    /// - Preconditioner `(diag + λ)^¾`, the diagonal over all the training
+    ///   data as his squared-gradient `grad2`.
+    /// - CG from 0.95 × the previous final iterate (`decay`, `ch = chs{end}`);
+    ///   at most 250 steps; the progress rule with ε = 5e-4; iterates kept at
+    ///   ⌈5·1.3^j⌉ and backtracked over on the full training set. His CG has
+    ///   no residual test: the 1e-10 here only ends a solve that is exact to
+    ///   rounding, where the next step would divide by pᵀAp = 0.
+    /// - ρ on the curvature batch, against the undamped model (see
+    ///   `rho_on_curvature_batch` for where that stops helping).
+    /// - Armijo with c = 1e-2, shrinking by 0.8, trying the 60 rates
+    ///   0.8⁰ … 0.8⁵⁹ his loop tries before rejecting the step.
+    /// - Curvature batches of 15000 rows: his demo splits the data into
+    ///   `numchunks = 4`, a quarter of MNIST's 60000 training images. Set
+    ///   `size` for another data set.
+    pub fn martens() -> Self {
+        Self {
+            initial_damping: 45.0,
+            cg_max_iters: 250,
+            cg_rel_tol: Some(1e-10),
+            cg_progress_eps: Some(5e-4),
+            warm_start_decay: Some(0.95),
+            cg_backtracking: true,
+            preconditioner: true,
+            preconditioner_exponent: 0.75,
+            armijo_c: 1e-2,
+            line_search_shrink: 0.8,
+            line_search_max_steps: 59,
+            curvature_batches: Some(CurvatureBatches {
+                size: 15_000,
+                seed: 0,
+            }),
+            rho_on_curvature_batch: true,
+            cg_first_save: Some(5),
+            warm_start_from_final: true,
             ..Self::default()
         }
     }
@@ -141,6 +234,21 @@ impl NewtonCgConfig {
                 "line-search shrink must be in (0, 1)".into(),
             ));
         }
+        if self.curvature_batches.is_some_and(|b| b.size == 0) {
+            return Err(SolverError::Config(
+                "curvature batch size must be at least 1".into(),
+            ));
+        }
+        if self.rho_on_curvature_batch && self.curvature_batches.is_none() {
+            return Err(SolverError::Config(
+                "rho on the curvature batch needs curvature batches".into(),
+            ));
+        }
+        if self.cg_first_save == Some(0) {
+            return Err(SolverError::Config(
+                "the first kept CG iterate must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -150,6 +258,11 @@ pub struct NewtonCg {
     damping: f64,
     previous: Option<Tensor>,
     failures: usize,
+    /// The shuffled training rows the curvature batches walk through; made
+    /// from the seed when the run starts or resumes.
+    batch_order: Option<Vec<usize>>,
+    /// Where in `batch_order` the next curvature batch starts.
+    batch_position: usize,
 }
 
 impl NewtonCg {
@@ -160,11 +273,60 @@ impl NewtonCg {
             config,
             previous: None,
             failures: 0,
+            batch_order: None,
+            batch_position: 0,
         })
     }
 
     pub fn damping(&self) -> f64 {
         self.damping
+    }
+
+    /// Where in the shuffled rows the next curvature batch starts, when the
+    /// curvature is on batches.
+    pub fn curvature_batch_position(&self) -> Option<usize> {
+        self.config.curvature_batches.map(|_| self.batch_position)
+    }
+
+    /// Checks the curvature batches against the problem and makes their
+    /// order. A fixed curvature sub-sample is refused: its row numbers are
+    /// not the training set's.
+    fn prepare_batches(&mut self, prob: &HfProblem) -> Result<()> {
+        let Some(batches) = self.config.curvature_batches else {
+            return Ok(());
+        };
+        let n = prob.num_samples();
+        if batches.size > n {
+            return Err(SolverError::Config(format!(
+                "curvature batch size {} exceeds the {n} training samples",
+                batches.size
+            )));
+        }
+        let m = prob.curvature_objective().num_samples();
+        if m != n {
+            return Err(SolverError::Config(format!(
+                "curvature batches cycle through all {n} training samples, but the curvature \
+                 objective is a fixed sub-sample of {m}; use one or the other"
+            )));
+        }
+        self.batch_order = Some(hessfree_data::permutation(n, batches.seed, 0));
+        Ok(())
+    }
+
+    /// The rows of the next curvature batch, advancing the cursor.
+    fn next_batch_rows(&mut self) -> Result<Option<Vec<usize>>> {
+        let Some(batches) = self.config.curvature_batches else {
+            return Ok(None);
+        };
+        let order = self.batch_order.as_ref().ok_or_else(|| {
+            SolverError::Argmin("curvature batches were not prepared before the first step".into())
+        })?;
+        let n = order.len();
+        let rows = (0..batches.size)
+            .map(|j| order[(self.batch_position + j) % n])
+            .collect();
+        self.batch_position = (self.batch_position + batches.size) % n;
+        Ok(Some(rows))
     }
 
     fn raise_damping(&mut self) {
@@ -175,7 +337,11 @@ impl NewtonCg {
         let c = self.config.clone();
         let lambda = self.damping;
         let g_norm = vec::norm(&g)?;
-        let op: Arc<dyn LinOp> = Arc::new(prob.curvature(&w)?);
+        let batch = match self.next_batch_rows()? {
+            Some(rows) => Some(prob.rows(&rows)?),
+            None => None,
+        };
+        let op: Arc<dyn LinOp> = Arc::new(batch.as_ref().unwrap_or(prob).curvature(&w)?);
         let damped = Damped::new(op, lambda);
         let minv = if c.preconditioner {
             let d = prob.diag_curvature(&w)?;
@@ -188,6 +354,7 @@ impl NewtonCg {
             rel_tol: c.cg_rel_tol.unwrap_or_else(|| g_norm.sqrt().min(0.5)),
             progress_eps: c.cg_progress_eps,
             keep_iterates: c.cg_backtracking,
+            first_save: c.cg_first_save,
         };
         let warm = match (c.warm_start_decay, &self.previous) {
             (Some(decay), Some(prev)) => Some(prev.affine(decay, 0.0)?),
@@ -219,7 +386,8 @@ impl NewtonCg {
         let mut d = out.iterates[chosen].x.clone();
         let mut phi = out.iterates[chosen].phi;
         let mut gd = vec::dot(&g, &d)?;
-        if gd.is_nan() || gd >= 0.0 {
+        let fell_back = gd.is_nan() || gd >= 0.0;
+        if fell_back {
             // Not a descent direction (possible with an indefinite Hessian and
             // a warm start): fall back to steepest descent.
             d = g.affine(-1.0 / g_norm.max(f64::MIN_POSITIVE), 0.0)?;
@@ -230,8 +398,14 @@ impl NewtonCg {
         }
         // ρ against the undamped quadratic model q(d) = gᵀd + ½ dᵀBd.
         let q = phi - 0.5 * lambda * vec::dot(&d, &d)?;
-        let rho = if f_chosen.is_finite() && q < 0.0 {
-            (f_chosen - f) / q
+        let (f_to, f_from) = match &batch {
+            Some(batch) if c.rho_on_curvature_batch => {
+                (batch.loss(&vec::axpy(&w, 1.0, &d)?)?, batch.loss(&w)?)
+            }
+            _ => (f_chosen, f),
+        };
+        let rho = if f_to.is_finite() && f_from.is_finite() && q < 0.0 {
+            (f_to - f_from) / q
         } else {
             f64::NEG_INFINITY
         };
@@ -273,7 +447,11 @@ impl NewtonCg {
         let step = match accepted_point {
             Some((w_new, f_new, g_new)) => {
                 self.failures = 0;
-                self.previous = Some(d);
+                self.previous = Some(if c.warm_start_from_final && !fell_back {
+                    out.x.clone()
+                } else {
+                    d
+                });
                 HfStep {
                     w: w_new,
                     g: g_new,
@@ -313,6 +491,7 @@ impl Solver<HfProblem, HfState> for NewtonCg {
         problem: &mut Problem<HfProblem>,
         state: HfState,
     ) -> Result<(HfState, Option<KV>), argmin::core::Error> {
+        self.prepare_batches(hf_problem(problem)?)?;
         Ok((
             init_state(problem, state)?,
             Some(kv!("damping" => self.damping;)),
@@ -336,12 +515,16 @@ impl Solver<HfProblem, HfState> for NewtonCg {
     }
 }
 
-/// Newton-CG's state in a checkpoint: the damping as f64 bits and the
-/// rejected steps in a row (the warm start is the tensor `previous`).
+/// Newton-CG's state in a checkpoint: the damping as f64 bits, the
+/// rejected steps in a row and, with curvature batches, where the next one
+/// starts (the warm start is the tensor `previous`; the batches' order
+/// comes back from their seed).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewtonCgState {
     pub damping_bits: u64,
     pub failures: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curvature_batch_position: Option<usize>,
 }
 
 impl Resumable<HfState> for NewtonCg {
@@ -358,22 +541,42 @@ impl Resumable<HfState> for NewtonCg {
             &NewtonCgState {
                 damping_bits: self.damping.to_bits(),
                 failures: self.failures,
+                curvature_batch_position: self.curvature_batch_position(),
             },
         )
     }
 
     /// The state already holds the point, gradient and cost that `init`
-    /// would compute; only the damping and the warm start come back.
+    /// would compute; only the damping, the warm start and the place in
+    /// the curvature batches come back.
     fn resume(
         &mut self,
-        _problem: &mut Problem<HfProblem>,
+        problem: &mut Problem<HfProblem>,
         saved: &Snapshot,
         state: HfState,
     ) -> Result<HfState> {
         let NewtonCgState {
             damping_bits,
             failures,
+            curvature_batch_position,
         } = saved.solver_state(NAME)?;
+        self.prepare_batches(hf_problem(problem)?)?;
+        if let Some(order) = &self.batch_order {
+            self.batch_position = match curvature_batch_position {
+                Some(p) if p < order.len() => p,
+                Some(p) => {
+                    return Err(SolverError::Config(format!(
+                        "the checkpoint's curvature batch position {p} is past the {} training samples",
+                        order.len()
+                    )));
+                }
+                None => {
+                    return Err(SolverError::Config(
+                        "the checkpoint has no curvature batch position".into(),
+                    ));
+                }
+            };
+        }
         let device = param_device(&state)?;
         if state.get_gradient().is_none() {
             return Err(SolverError::Config("the checkpoint has no gradient".into()));

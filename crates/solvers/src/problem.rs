@@ -79,6 +79,35 @@ impl HfProblem {
         Ok(batch.loss_and_grad(w)?)
     }
 
+    /// The training rows `indices` as a problem of their own that counts
+    /// into these counters: `objective.subsample(indices)`, with its
+    /// curvature on the same rows of the curvature objective (one
+    /// sub-sample when the two are one objective; otherwise the curvature
+    /// keeps its own dtype). Refused when the curvature objective is a fixed
+    /// sub-sample, whose row numbers are not the training set's.
+    pub fn rows(&self, indices: &[usize]) -> Result<HfProblem> {
+        let n = self.objective.num_samples();
+        let m = self.curvature_objective.num_samples();
+        if m != n {
+            return Err(SolverError::Config(format!(
+                "rows of the {n} training samples were asked for, but the curvature objective \
+                 is a fixed sub-sample of {m}"
+            )));
+        }
+        let objective = self.objective.subsample(indices)?;
+        let curvature_objective = if Arc::ptr_eq(&self.objective, &self.curvature_objective) {
+            objective.clone()
+        } else {
+            self.curvature_objective.subsample(indices)?
+        };
+        Ok(HfProblem {
+            objective,
+            curvature_objective,
+            kind: self.kind,
+            counters: self.counters.clone(),
+        })
+    }
+
     /// The curvature operator at `w`; every product it makes is counted.
     pub fn curvature(&self, w: &Tensor) -> Result<CurvatureOperator> {
         self.counters.touch(self.curvature_objective.num_samples());

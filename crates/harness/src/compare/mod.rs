@@ -134,7 +134,7 @@ fn check_job(job: &CompareJob) -> Result<()> {
         for p in &job.runs {
             if !p.method.checkpointable() {
                 bail!(
-                    "run `{}`: {} cannot be checkpointed or resumed; only sgd, adam, newton-cg and trust-region can",
+                    "run `{}`: {} cannot be checkpointed or resumed; only sgd, adam, newton-cg, hf and trust-region can",
                     p.label,
                     p.method.name()
                 );

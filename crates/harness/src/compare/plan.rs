@@ -7,7 +7,8 @@
 
 use anyhow::{Context, Result, bail};
 use hessfree_solvers::{
-    AdamConfig, DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig, TrustRegionConfig,
+    AdamConfig, CurvatureBatches, DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig,
+    TrustRegionConfig,
 };
 
 use crate::experiment::ProblemSpec;
@@ -24,6 +25,9 @@ pub struct NewtonSettings {
     pub preconditioner: bool,
     pub warm_start: bool,
     pub cg_backtracking: bool,
+    /// Rows per curvature mini-batch (Newton-CG: off when `None`; hf: its
+    /// preset's size when `None`).
+    pub curvature_batch: Option<usize>,
 }
 
 impl NewtonSettings {
@@ -40,7 +44,29 @@ impl NewtonSettings {
             preconditioner: self.preconditioner,
             warm_start_decay: self.warm_start.then_some(0.95),
             cg_backtracking: self.cg_backtracking,
+            curvature_batches: self.curvature_batch.map(|size| CurvatureBatches {
+                size,
+                seed: spec.seed,
+            }),
             ..defaults
+        }
+    }
+
+    /// hf: Martens' settings, which the Newton-CG flags leave alone except
+    /// the damping and the curvature batch size; the batches are shuffled
+    /// by the run's seed.
+    fn martens(&self, spec: &ProblemSpec) -> NewtonCgConfig {
+        let preset = NewtonCgConfig::martens();
+        let size = self
+            .curvature_batch
+            .or(preset.curvature_batches.map(|b| b.size));
+        NewtonCgConfig {
+            initial_damping: self.damping.unwrap_or(preset.initial_damping),
+            curvature_batches: size.map(|size| CurvatureBatches {
+                size,
+                seed: spec.seed,
+            }),
+            ..preset
         }
     }
 }
@@ -166,6 +192,13 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
             }
             Method::NewtonCg(c)
         }
+        "hf" => {
+            let mut c = defaults.newton.martens(&spec);
+            if let Some(d) = damping {
+                c.initial_damping = d;
+            }
+            Method::Hf(c)
+        }
         "trust-region" => Method::TrustRegion(defaults.trust_region.clone()),
         "lbfgs" => Method::Lbfgs(defaults.lbfgs.clone()),
         "dense-newton" => Method::DenseNewton(DenseNewtonConfig {
@@ -180,6 +213,15 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     method
         .validate()
         .with_context(|| format!("run `{token}`"))?;
+    if let Method::NewtonCg(c) | Method::Hf(c) = &method
+        && c.curvature_batches.is_some()
+        && spec.hessian_fraction < 1.0
+    {
+        bail!(
+            "run `{token}`: curvature batches cycle through the whole training set; \
+             drop --hessian-fraction or the curvature batches"
+        );
+    }
     let is_sgd = matches!(method, Method::Sgd(_) | Method::Adam(_));
     Ok(PlannedRun {
         label: token.to_string(),

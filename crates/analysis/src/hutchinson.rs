@@ -20,6 +20,7 @@ use hessfree_model::LinOp;
 /// A trace estimate with its uncertainty.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TraceEstimate {
+    /// The trace estimate: the mean of the quadratic forms.
     pub mean: f64,
     /// Standard error of the mean, `s/√m`.
     pub std_err: f64,

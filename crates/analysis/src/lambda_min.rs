@@ -24,10 +24,13 @@ use hessfree_model::{CurvatureKind, Objective, Penalty, SoftmaxObjective};
 /// When both agree the bracket is the eigenvalue.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LambdaMin {
+    /// The penalties the bound is for, joined by ` + `; `"none"` without any.
     pub penalty: String,
     /// Which direction gave the upper bound.
     pub direction: String,
+    /// Weyl's lower bound `λ_min(Q)`: 0 when there is a bias or no penalty.
     pub lower: f64,
+    /// The Rayleigh quotient along `direction`, from one product.
     pub upper: f64,
 }
 

@@ -27,6 +27,7 @@ use hessfree_model::LinOp;
 /// One Ritz value with its error bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RitzValue {
+    /// The Ritz value `θ`, an eigenvalue of `T_m`.
     pub value: f64,
     /// `max(|β_m s_{m,i}|, ε_dtype·‖T‖)`: `|β_m s_{m,i}| = ‖A y − θ y‖` for
     /// the Ritz vector `y`, so some eigenvalue of `A` lies within it of

@@ -21,6 +21,8 @@
 //! [`hessfree_model::cg`]. The Hessian study that puts these together over
 //! MNIST lives in the harness crate.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod hutchinson;
 pub mod lambda_min;

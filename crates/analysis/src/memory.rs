@@ -27,7 +27,9 @@ static PEAK_BEFORE_RESETS: AtomicU64 = AtomicU64::new(0);
 /// Resident and peak-resident memory of this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcMemory {
+    /// Current resident set (`VmRSS`) in bytes.
     pub rss_bytes: u64,
+    /// Peak resident set (`VmHWM`) in bytes, since start or the last reset.
     pub hwm_bytes: u64,
 }
 
@@ -72,10 +74,15 @@ impl ProcMemory {
 /// The memory of one curvature operator, dense against matrix-free.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OperatorMemory {
+    /// Dimension of the operator (the parameter count).
     pub dim: usize,
+    /// Training samples in the objective's batch.
     pub samples: usize,
+    /// The objective's dtype, e.g. `"f32"`.
     pub dtype: String,
+    /// Bytes of the dense `dim x dim` matrix in f32.
     pub dense_f32_bytes: u64,
+    /// Bytes of the dense `dim x dim` matrix in f64.
     pub dense_f64_bytes: u64,
     /// Resident set before the operator was built (the data already loaded).
     pub rss_before: Option<u64>,
@@ -85,10 +92,13 @@ pub struct OperatorMemory {
     /// Peak resident set during build and products minus `rss_before`: the
     /// working memory of the matrix-free route (valid only if `peak_reset`).
     pub working_bytes: Option<u64>,
+    /// Whether the kernel reset the peak before the build (Linux only).
     pub peak_reset: bool,
+    /// Wall-clock seconds to build the operator.
     pub build_seconds: f64,
     /// Median time of one product.
     pub apply_seconds: f64,
+    /// Products timed: the requested count, at least 1.
     pub products: usize,
 }
 

@@ -40,10 +40,13 @@ pub fn rank_tolerance(max_abs: f64, dim: usize) -> f64 {
 /// A numerical rank and the evidence for it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NumericalRank {
+    /// Number of values with `|λ|` above `tolerance`.
     pub rank: usize,
     /// Dimension of the matrix (including rows dropped as exactly zero).
     pub dim: usize,
+    /// The threshold, from [`rank_tolerance`].
     pub tolerance: f64,
+    /// Largest `|λ|` among the values.
     pub max_abs: f64,
     /// Largest `|λ|` at or below the tolerance (0 if none): how far the
     /// "zero" eigenvalues are from the threshold.
@@ -56,6 +59,7 @@ pub struct NumericalRank {
     /// larger and ten times smaller: equal to `rank` when the rank does not
     /// hinge on the choice of tolerance.
     pub rank_tol_times_10: usize,
+    /// The rank with the tolerance ten times smaller.
     pub rank_tol_div_10: usize,
 }
 
@@ -144,12 +148,15 @@ pub struct AssembledHessian {
     pub pixels: Vec<usize>,
     /// `d`, the pixel count of the full matrix.
     pub inputs: usize,
+    /// `k`, the class count.
     pub classes: usize,
     /// Rows of the batch.
     pub batch: usize,
     /// `min_i,c p_ic` over the batch, to tell how saturated the softmax is.
     pub min_probability: f64,
+    /// `max_i,c p_ic` over the batch.
     pub max_probability: f64,
+    /// Wall-clock seconds to assemble, including the probabilities and the restriction.
     pub seconds: f64,
     local: Vec<Option<usize>>,
 }
@@ -250,6 +257,7 @@ pub fn assemble_softmax_data_hessian(
 /// The rank study of one batch at one point.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchRank {
+    /// Rows of the batch, `n`.
     pub batch: usize,
     /// `d·k`.
     pub dim: usize,
@@ -257,16 +265,22 @@ pub struct BatchRank {
     pub active_pixels: usize,
     /// Size of the matrix actually decomposed (`active_pixels·k`).
     pub decomposed_dim: usize,
+    /// Numerical rank of the full Hessian, from the restricted eigenvalues.
     pub hessian: NumericalRank,
     /// Rank of the batch matrix `X` (`n x d`), from its singular values,
     /// with the same rule (`σ_max · max(n, d) · ε`).
     pub x: NumericalRank,
     /// `(k − 1)·rank(X)`, the identity's right-hand side.
     pub bound: usize,
+    /// Whether the Hessian's numerical rank equals `bound`.
     pub identity_holds: bool,
+    /// `min_i,c p_ic` over the batch, see [`AssembledHessian::min_probability`].
     pub min_probability: f64,
+    /// `max_i,c p_ic` over the batch.
     pub max_probability: f64,
+    /// Wall-clock seconds to assemble the Hessian.
     pub assemble_seconds: f64,
+    /// Wall-clock seconds of its eigendecomposition.
     pub eigen_seconds: f64,
 }
 

@@ -24,7 +24,10 @@ use hessfree_model::LinOp;
 pub struct SpectralNodes {
     /// `(node, weight)` pairs, sorted by node.
     pub nodes: Vec<(f64, f64)>,
+    /// Rademacher start vectors used.
     pub probes: usize,
+    /// Lanczos steps requested per probe; a probe takes fewer after a
+    /// breakdown or when this exceeds the dimension.
     pub steps: usize,
     /// Products with the operator spent.
     pub products: usize,

@@ -17,15 +17,21 @@ use hessfree_model::{CurvatureKind, LinOp, Objective};
 /// How much work to spend on each estimate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SpectrumOptions {
+    /// Lanczos steps for the extremes and condition numbers; at most the dimension are taken.
     pub lanczos_steps: usize,
     /// How many eigenvalues to report at each end.
     pub extremes: usize,
+    /// Rademacher probes for Hutchinson's trace; at least 2.
     pub trace_probes: usize,
+    /// Start vectors for the SLQ density; at least 1.
     pub slq_probes: usize,
+    /// Lanczos steps per SLQ probe.
     pub slq_steps: usize,
+    /// Seed of the Lanczos start vector; Hutchinson and SLQ draw from fixed variations of it.
     pub seed: u64,
     /// Damping values `λ` for the condition numbers of `H + λI`.
     pub dampings: Vec<f64>,
+    /// Points at which the smoothed density is evaluated.
     pub density_points: usize,
     /// Standard deviation of the Gaussian smoothing of the SLQ density, as a
     /// fraction of the width of the Ritz interval.
@@ -51,9 +57,11 @@ impl Default for SpectrumOptions {
 /// The condition number of `H + λI` estimated from Lanczos extremes.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DampedCondition {
+    /// The damping `λ` added to every eigenvalue.
     pub damping: f64,
-    /// `θ_min + λ`, `θ_max + λ`.
+    /// `θ_min + λ`, the smallest Ritz value shifted by the damping.
     pub lambda_min: f64,
+    /// `θ_max + λ`, the largest Ritz value shifted by the damping.
     pub lambda_max: f64,
     /// `(θ_max + λ)/(θ_min + λ)`; `None` when `θ_min + λ ≤ 0` (not positive
     /// definite along a Ritz vector). Ritz values lie inside the spectrum,
@@ -76,28 +84,43 @@ pub fn damped_condition(run: &LanczosResult, damping: f64) -> DampedCondition {
 /// Everything measured about one operator.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SpectrumReport {
+    /// The curvature kind (`"hessian"` or `"ggn"`); empty from
+    /// [`operator_spectrum`], which has no objective.
     pub kind: String,
+    /// Dimension of the operator.
     pub dim: usize,
+    /// Training samples of the objective (from [`operator_spectrum`]: those one product touches).
     pub samples: usize,
+    /// The dtype the products ran in, e.g. `"f32"`.
     pub dtype: String,
+    /// Lanczos steps actually taken.
     pub lanczos_steps: usize,
+    /// Whether Lanczos stopped early at an invariant subspace.
     pub lanczos_breakdown: bool,
     /// Largest first.
     pub largest: Vec<RitzValue>,
     /// Smallest first.
     pub smallest: Vec<RitzValue>,
+    /// Hutchinson's trace estimate.
     pub trace: TraceEstimate,
+    /// The SLQ quadrature nodes behind `density`.
     pub slq: SpectralNodes,
     /// The trace implied by the SLQ quadrature, for comparison.
     pub slq_trace: f64,
+    /// Standard deviation of the smoothing in eigenvalue units: the option's
+    /// fraction times the width of the Ritz values.
     pub density_sigma: f64,
     /// `(t, φ(t))`, the smoothed density.
     pub density: Vec<(f64, f64)>,
+    /// `H + λI` condition estimates, one per [`SpectrumOptions::dampings`] entry.
     pub conditions: Vec<DampedCondition>,
     /// Curvature products spent on all of the above.
     pub products: usize,
+    /// Wall-clock seconds of the Lanczos run.
     pub lanczos_seconds: f64,
+    /// Wall-clock seconds of Hutchinson's probes.
     pub trace_seconds: f64,
+    /// Wall-clock seconds of the SLQ probes.
     pub slq_seconds: f64,
 }
 

@@ -61,7 +61,9 @@ pub fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
 pub struct SamplerState {
     /// Number of samples drawn from.
     pub len: usize,
+    /// Samples per batch, in `1..=len`.
     pub batch_size: usize,
+    /// Seed of the sample order; the same seed gives the same batches.
     pub seed: u64,
     /// The epoch being drawn; its order is `permutation(len, seed, epoch)`.
     pub epoch: u64,
@@ -131,6 +133,7 @@ impl BatchSampler {
         self.state.epoch
     }
 
+    /// Samples per batch, as given to [`BatchSampler::new`].
     pub fn batch_size(&self) -> usize {
         self.state.batch_size
     }
@@ -176,6 +179,7 @@ impl Iterator for BatchSampler {
 /// How many samples a sub-sample should hold.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SampleSize {
+    /// An exact number of samples, at most the population.
     Count(usize),
     /// A fraction in [0, 1] of the population, rounded to the nearest count.
     Fraction(f64),

@@ -28,15 +28,20 @@ pub struct Dataset {
     pub images: Vec<u8>,
     /// One label per image, each below `classes`.
     pub labels: Vec<u8>,
+    /// Height of each image in pixels.
     pub rows: usize,
+    /// Width of each image in pixels.
     pub cols: usize,
+    /// Number of classes; every label is below it.
     pub classes: u8,
 }
 
 /// The train and test splits of a data set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Splits {
+    /// The training split (60 000 samples for MNIST).
     pub train: Dataset,
+    /// The test split (10 000 samples for MNIST).
     pub test: Dataset,
 }
 
@@ -119,6 +124,7 @@ impl Dataset {
         self.labels.len()
     }
 
+    /// Whether the data set holds no samples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -27,14 +27,21 @@ pub enum DataError {
     /// The operating system refused a read (permissions, a vanished file...).
     #[error("{}: cannot read: {source}", path.display())]
     Io {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
 
     /// A zero-byte file; usually an interrupted download.
     #[error("{}: file is empty, expected an {kind} file", path.display())]
-    Empty { path: PathBuf, kind: IdxKind },
+    Empty {
+        /// The empty file.
+        path: PathBuf,
+        /// The kind of file that was expected.
+        kind: IdxKind,
+    },
 
     /// The first four bytes are not the IDX magic number for this kind of file,
     /// e.g. an images file where labels were expected, or not IDX at all.
@@ -44,8 +51,11 @@ pub enum DataError {
         kind.magic()
     )]
     WrongMagic {
+        /// The file that was read.
         path: PathBuf,
+        /// The kind of file that was expected.
         kind: IdxKind,
+        /// The first four bytes, read as a big-endian `u32`.
         found: u32,
     },
 
@@ -55,9 +65,13 @@ pub enum DataError {
         path.display()
     )]
     TruncatedHeader {
+        /// The file that was read.
         path: PathBuf,
+        /// The kind of file that was expected.
         kind: IdxKind,
+        /// Header length in bytes that this kind needs.
         expected: usize,
+        /// Bytes the (decompressed) data holds, fewer than `expected`.
         found: usize,
     },
 
@@ -67,9 +81,13 @@ pub enum DataError {
         path.display()
     )]
     TruncatedBody {
+        /// The file that was read.
         path: PathBuf,
+        /// The kind of file that was expected.
         kind: IdxKind,
+        /// Body length in bytes that the header's dimensions imply.
         expected: u64,
+        /// Body bytes present after the header, fewer than `expected`.
         found: u64,
     },
 
@@ -80,8 +98,11 @@ pub enum DataError {
         path.display()
     )]
     TrailingBytes {
+        /// The file that was read.
         path: PathBuf,
+        /// The kind of file that was expected.
         kind: IdxKind,
+        /// Body length in bytes that the header's dimensions imply.
         expected: u64,
     },
 
@@ -92,8 +113,11 @@ pub enum DataError {
         path.display()
     )]
     Gzip {
+        /// The file that was read.
         path: PathBuf,
+        /// Decompressed bytes delivered before the stream failed.
         decompressed: u64,
+        /// The decoder's error.
         #[source]
         source: io::Error,
     },
@@ -108,7 +132,9 @@ pub enum DataError {
         BytesDisplay(*bytes)
     )]
     TooLarge {
+        /// The file that was read.
         path: PathBuf,
+        /// The dimensions as the header lists them, after the magic number.
         dims: Vec<u32>,
         /// `None` when the product overflows `u64`.
         bytes: Option<u64>,
@@ -120,8 +146,11 @@ pub enum DataError {
         path.display()
     )]
     ZeroSizedImages {
+        /// The images file that was read.
         path: PathBuf,
+        /// Rows per image that the header claims.
         rows: usize,
+        /// Columns per image that the header claims.
         cols: usize,
     },
 
@@ -133,9 +162,13 @@ pub enum DataError {
         labels_path.display()
     )]
     CountMismatch {
+        /// The split's images file.
         images_path: PathBuf,
+        /// The split's labels file.
         labels_path: PathBuf,
+        /// Number of images the images file holds.
         images: usize,
+        /// Number of labels the labels file holds.
         labels: usize,
     },
 
@@ -146,9 +179,13 @@ pub enum DataError {
         path.display()
     )]
     LabelOutOfRange {
+        /// The labels file that was read.
         path: PathBuf,
+        /// Position of the first bad label in the file, counting from 0.
         index: usize,
+        /// The first label that is out of range.
         label: u8,
+        /// The class count the loader was given; labels must be below it.
         classes: u8,
     },
 
@@ -159,9 +196,13 @@ pub enum DataError {
         test_path.display(), test.0, test.1
     )]
     ShapeMismatch {
+        /// The training images file.
         train_path: PathBuf,
+        /// The test images file.
         test_path: PathBuf,
+        /// `(rows, cols)` of the training images.
         train: (usize, usize),
+        /// `(rows, cols)` of the test images.
         test: (usize, usize),
     },
 
@@ -172,6 +213,7 @@ pub enum DataError {
         missing.join(", ")
     )]
     MissingFiles {
+        /// The data directory that was searched.
         dir: PathBuf,
         /// The file names that were looked for, one entry per missing file,
         /// e.g. `train-images-idx3-ubyte[.gz] (or train-images.idx3-ubyte[.gz])`.
@@ -189,23 +231,40 @@ pub enum DataError {
 
     /// `Dataset::new` got buffers that do not fit the stated shape.
     #[error("inconsistent dataset: {reason}")]
-    InvalidDataset { reason: String },
+    InvalidDataset {
+        /// Which check failed, with the numbers involved.
+        reason: String,
+    },
 
     /// A sub-sample that cannot be drawn, e.g. more samples than exist.
     #[error("invalid sub-sample: {reason}")]
-    InvalidSubsample { reason: String },
+    InvalidSubsample {
+        /// What was asked for and what the population allows.
+        reason: String,
+    },
 
     /// A batch size of zero, or larger than the data set.
     #[error("invalid batch size {batch_size} for {len} samples, expected 1..={len}")]
-    InvalidBatchSize { batch_size: usize, len: usize },
+    InvalidBatchSize {
+        /// The batch size asked for.
+        batch_size: usize,
+        /// Number of samples to draw from.
+        len: usize,
+    },
 
     /// A checkpointed sampler state that does not fit its own sizes.
     #[error("invalid sampler state: {reason}")]
-    InvalidSamplerState { reason: String },
+    InvalidSamplerState {
+        /// Which field does not fit, and why.
+        reason: String,
+    },
 
     /// Pixels scaled to [0, 1] need a floating-point dtype.
     #[error("cannot convert pixels to {dtype:?}, expected a floating-point dtype")]
-    NonFloatDtype { dtype: candle_core::DType },
+    NonFloatDtype {
+        /// The non-floating-point dtype that was asked for.
+        dtype: candle_core::DType,
+    },
 
     /// candle failed to build a tensor (e.g. the device is unavailable).
     #[error("converting the dataset to tensors: {0}")]

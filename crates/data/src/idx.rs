@@ -70,8 +70,11 @@ impl fmt::Display for IdxKind {
 /// The contents of an IDX images file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxImages {
+    /// Number of images, the header's first dimension.
     pub count: usize,
+    /// Height of each image in pixels.
     pub rows: usize,
+    /// Width of each image in pixels.
     pub cols: usize,
     /// `count * rows * cols` bytes, image after image, each row-major.
     pub pixels: Vec<u8>,

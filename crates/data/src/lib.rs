@@ -20,6 +20,8 @@
 //! # Ok::<(), hessfree_data::DataError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod batches;
 mod dataset;
 mod error;

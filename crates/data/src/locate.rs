@@ -45,7 +45,9 @@ impl fmt::Display for DataDirSource {
 /// A resolved, existing data directory and the source that chose it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataDir {
+    /// The directory; it existed when it was resolved.
     pub path: PathBuf,
+    /// Where the path came from: the flag, the environment or the default.
     pub source: DataDirSource,
 }
 
@@ -85,7 +87,9 @@ pub fn resolve_data_dir_with(flag: Option<&Path>, env: Option<OsString>) -> Resu
 /// Which half of the data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
+    /// The training split, files prefixed `train`.
     Train,
+    /// The test split, files prefixed `t10k`.
     Test,
 }
 
@@ -111,14 +115,18 @@ impl fmt::Display for Split {
 /// The two files of one split.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitFiles {
+    /// The images file that was found, under one of its [`candidate_names`].
     pub images: PathBuf,
+    /// The labels file that was found, under one of its [`candidate_names`].
     pub labels: PathBuf,
 }
 
 /// The four files of a data set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataFiles {
+    /// The training split's files.
     pub train: SplitFiles,
+    /// The test split's files.
     pub test: SplitFiles,
 }
 

@@ -7,8 +7,11 @@ use candle_core::Tensor;
 use crate::error::{ModelError, Result};
 use crate::linop::{LinOp, vec};
 
+/// How far [`conjugate_gradient`] runs. The default is Hessian-free's: Martens'
+/// (2010) progress rule, and iterates kept for backtracking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CgOptions {
+    /// Iterations at most, each one product with the operator.
     pub max_iters: usize,
     /// Stop when ‖r‖ ≤ rel_tol · ‖b‖ (the forcing term).
     pub rel_tol: f64,
@@ -126,10 +129,14 @@ pub fn save_points(first_save: Option<usize>, max_iters: usize) -> Vec<usize> {
     (1..=max_iters).filter(|&i| points.keep(i)).collect()
 }
 
+/// Why [`conjugate_gradient`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CgStop {
+    /// ‖r‖ reached `rel_tol · ‖b‖` (or `b` is zero).
     Residual,
+    /// Martens' progress rule fired: `φ` was no longer decreasing fast enough.
     Progress,
+    /// [`CgOptions::max_iters`] iterations were spent.
     MaxIters,
     /// pᵀAp ≤ 0: the operator is not positive definite along p.
     NegativeCurvature,
@@ -138,20 +145,27 @@ pub enum CgStop {
 /// One kept iterate: `x_i` and its quadratic-model value `φ(x_i)`.
 #[derive(Clone, Debug)]
 pub struct Iterate {
+    /// The CG iteration it was taken after (0: the start).
     pub iter: usize,
+    /// The iterate.
     pub x: Tensor,
     /// `φ(x) = ½ xᵀAx − bᵀx`.
     pub phi: f64,
 }
 
+/// What [`conjugate_gradient`] returns.
 #[derive(Clone, Debug)]
 pub struct CgOutcome {
     /// The final iterate.
     pub x: Tensor,
+    /// `φ(x) = ½ xᵀAx − bᵀx` at the final iterate.
     pub phi: f64,
+    /// Iterations taken; the steepest-descent fallback after negative
+    /// curvature at the first one counts as one.
     pub iters: usize,
     /// ‖r_i‖ after each iteration (index 0: the starting residual).
     pub residuals: Vec<f64>,
+    /// Why CG stopped.
     pub stop: CgStop,
     /// On [`CgStop::NegativeCurvature`], the Rayleigh quotient pᵀAp / pᵀp
     /// of the offending direction (≤ 0).

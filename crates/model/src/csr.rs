@@ -97,10 +97,12 @@ impl CsrU8 {
         })
     }
 
+    /// Rows of `X`, the samples.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Columns of `X`, the inputs; at most 65536.
     pub fn cols(&self) -> usize {
         self.cols
     }
@@ -130,10 +132,12 @@ impl CsrU8 {
         &self.indptr
     }
 
+    /// Column of each stored value, ascending within a row.
     pub fn indices(&self) -> &[u16] {
         &self.indices
     }
 
+    /// The stored bytes, all non-zero; each stands for `value * scale`.
     pub fn values(&self) -> &[u8] {
         &self.values
     }

@@ -199,15 +199,21 @@ pub fn simd_level() -> SimdLevel {
 pub enum XData {
     /// Bytes, each meaning `byte * scale` (MNIST: `scale = 1/255`).
     U8 {
+        /// The bytes, `[rows, inputs]` row-major.
         data: Vec<u8>,
+        /// The value byte `1` stands for (MNIST: 1/255).
         scale: f64,
     },
+    /// `f32` inputs, `[rows, inputs]` row-major.
     F32(Vec<f32>),
+    /// `f64` inputs, `[rows, inputs]` row-major.
     F64(Vec<f64>),
     /// A contiguous CPU tensor of dtype `u8` (meaning `byte * scale`), `f32`
     /// or `f64`, read in place.
     Tensor {
+        /// The tensor, `[rows, inputs]`.
         tensor: Tensor,
+        /// The value byte `1` stands for in a `u8` tensor; ignored for floats.
         scale: f64,
     },
     /// Compressed rows of bytes, each meaning `byte * scale`.
@@ -272,6 +278,7 @@ pub enum XStorage {
 }
 
 impl XStorage {
+    /// The names [`FromStr`](std::str::FromStr) accepts, for help and error messages.
     pub const CHOICES: &'static str = "auto, u8, csr, float";
 }
 
@@ -477,18 +484,23 @@ impl FusedSoftmax {
         .with_simd_level(level)
     }
 
+    /// Rows of `X` over all segments.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Input width `d`.
     pub fn inputs(&self) -> usize {
         self.inputs
     }
 
+    /// Class count `k`.
     pub fn classes(&self) -> usize {
         self.classes
     }
 
+    /// The divisor of every mean: `rows`, or the whole batch's rows when
+    /// this holds one shard of it.
     pub fn n_total(&self) -> usize {
         self.n_total
     }
@@ -1147,7 +1159,9 @@ fn pack_partial<T: Real>(
 /// flat like `v`, `R = P ⊙ Z − P ⊙ rowsum(P ⊙ Z)`, `Z = x_scale·X V + v_b`.
 #[derive(Clone, Copy, Debug)]
 pub struct SoftmaxHvpOp {
+    /// `k`; `p` is `[n, k]`.
     pub classes: usize,
+    /// Whether `v` (and the result) end with `k` bias entries.
     pub bias: bool,
     /// Multiplies `u8` inputs (MNIST: 1/255); ignored for float inputs.
     pub x_scale: f64,
@@ -1224,9 +1238,13 @@ impl CustomOp3 for SoftmaxHvpOp {
 /// `scale · (Xᵀ(P − Y), Σ_rows (P − Y))` flat like `w`, then `scale · Σ CE`.
 #[derive(Clone, Copy, Debug)]
 pub struct SoftmaxGradOp {
+    /// `k`, the number of logits per row.
     pub classes: usize,
+    /// Whether `w` ends with `k` biases (and the result with their gradient).
     pub bias: bool,
+    /// As for [`SoftmaxHvpOp::x_scale`].
     pub x_scale: f64,
+    /// Multiplies gradient and loss (normally `1/n_total`).
     pub scale: f64,
     /// As for [`SoftmaxHvpOp::cuda_blocks`].
     pub cuda_blocks: Option<usize>,
@@ -1328,8 +1346,11 @@ impl CustomOp3 for SoftmaxGradOp {
 /// &SoftmaxProbsOp { .. })` → `[n, k]` in `w`'s dtype.
 #[derive(Clone, Copy, Debug)]
 pub struct SoftmaxProbsOp {
+    /// `k`, the number of logits per row.
     pub classes: usize,
+    /// Whether `w` ends with `k` biases.
     pub bias: bool,
+    /// As for [`SoftmaxHvpOp::x_scale`].
     pub x_scale: f64,
     /// As for [`SoftmaxHvpOp::cuda_blocks`].
     pub cuda_blocks: Option<usize>,
@@ -1418,21 +1439,31 @@ mod kernel {
         + Div<Output = Self>
         + AddAssign
     {
+        /// `0`.
         const ZERO: Self;
+        /// `1`.
         const ONE: Self;
+        /// Rounds to the nearest `Self`.
         fn from_f64(x: f64) -> Self;
+        /// Exact.
         fn to_f64(self) -> f64;
+        /// Exact.
         fn from_u8(x: u8) -> Self;
+        /// Exact.
         fn from_f32(x: f32) -> Self;
         /// `exp`, branch-free (vectorisable), for arguments `<= 0` down to
         /// about -87 (`f32`) / -708 (`f64`), below which it is clamped.
         fn exp_poly(self) -> Self;
+        /// The natural logarithm (the standard library's, not vectorised).
         fn ln(self) -> Self;
+        /// The larger of the two; `self` when they do not compare (NaN).
         fn max(self, other: Self) -> Self;
 
         /// A vector register of `lanes::<M>()` values.
         type V<M: Simd>: Copy;
+        /// Values per vector register at instruction set `M`.
         fn lanes<M: Simd>() -> usize;
+        /// A vector with every lane `x`.
         fn splat<M: Simd>(m: M, x: Self) -> Self::V<M>;
         /// `a * b + c`: fused on the SIMD levels; pulp's `Scalar` multiplies
         /// and adds (`mul_add_e`), as a CPU without FMA would have to.

@@ -12,6 +12,8 @@
 //! - [`cg`]: preconditioned conjugate gradients on a [`LinOp`], the one CG
 //!   that the solvers and the analysis both use.
 
+#![warn(missing_docs)]
+
 pub mod autodiff;
 pub mod cast;
 pub mod cg;

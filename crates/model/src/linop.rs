@@ -30,10 +30,12 @@ pub struct Damped {
 }
 
 impl Damped {
+    /// `inner + lambda·I`; `lambda = 0` passes products through unchanged.
     pub fn new(inner: Arc<dyn LinOp>, lambda: f64) -> Self {
         Self { inner, lambda }
     }
 
+    /// The damping `λ` added to the diagonal.
     pub fn lambda(&self) -> f64 {
         self.lambda
     }
@@ -63,6 +65,8 @@ pub struct Sum {
 }
 
 impl Sum {
+    /// The sum of `terms`, which must share one dimension (not checked);
+    /// without terms, the zero operator of dimension 0.
     pub fn new(terms: Vec<Arc<dyn LinOp>>) -> Self {
         Self { terms }
     }
@@ -125,6 +129,7 @@ pub mod vec {
             .to_scalar::<f64>()?)
     }
 
+    /// `‖x‖₂`, accumulated in f64.
     pub fn norm(x: &Tensor) -> Result<f64> {
         Ok(dot(x, x)?.sqrt())
     }

@@ -32,6 +32,8 @@ use crate::params::ParamLayout;
 use crate::regularizer::{Penalty, Regularizer};
 use crate::softmax::check_shapes;
 
+/// An MLP or deep autoencoder over a batch: the mean loss plus penalties, with
+/// exact Hessian products by the R-operator and Gauss-Newton products `Jᵀ H_L J v`.
 pub struct MlpObjective {
     model: Model,
     /// Each hidden layer's activation, in order.
@@ -115,6 +117,7 @@ impl MlpObjective {
         self.sparse.as_ref().map(|_| "csr-u8")
     }
 
+    /// The MLP or autoencoder.
     pub fn model(&self) -> &Model {
         &self.model
     }

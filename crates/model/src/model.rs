@@ -18,8 +18,11 @@ use crate::params::{ParamKind, ParamLayout};
 /// which the R-operator needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `tanh(z)`, in (−1, 1).
     Tanh,
+    /// `max(z, 0)`; its derivative at 0 is taken as 0.
     Relu,
+    /// `log(1 + exp(z))`, a smooth ReLU, computed without overflow.
     Softplus,
     /// `1 / (1 + exp(-z))`, Martens' hidden units.
     Logistic,
@@ -28,8 +31,10 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The names [`FromStr`] accepts, for help and error messages.
     pub const CHOICES: &'static str = "tanh, relu, softplus, logistic, linear";
 
+    /// `σ(z)`, elementwise.
     pub fn forward(self, z: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Tanh => z.tanh()?,
@@ -108,7 +113,9 @@ impl fmt::Display for Activation {
 /// One hidden layer of an MLP: its width and the nonlinearity after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hidden {
+    /// Number of units.
     pub width: usize,
+    /// The nonlinearity applied to the layer's pre-activations.
     pub activation: Activation,
 }
 
@@ -116,19 +123,29 @@ pub struct Hidden {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSpec {
     /// `logits = x W (+ b)`. The notebook dropped `b`.
-    Softmax { bias: bool },
+    Softmax {
+        /// Whether there is a bias vector `b`.
+        bias: bool,
+    },
     /// Hidden layers, each with its own activation, then a linear output
     /// layer of one logit per class (softmax cross-entropy).
-    Mlp { hidden: Vec<Hidden> },
+    Mlp {
+        /// The hidden layers, input side first; at least one.
+        hidden: Vec<Hidden>,
+    },
     /// Martens' deep autoencoder: logistic encoder layers of the `encoder`
     /// widths except the last, a linear code layer of the last width, the
     /// mirrored logistic decoder, and an output layer as wide as the input
     /// whose logits go through logistic units (sigmoid cross-entropy against
     /// the inputs themselves).
-    Autoencoder { encoder: Vec<usize> },
+    Autoencoder {
+        /// Encoder widths, input side first; the last is the code layer.
+        encoder: Vec<usize>,
+    },
 }
 
 impl ModelSpec {
+    /// The forms [`ModelSpec::parse`] accepts, for help and error messages.
     pub const CHOICES: &'static str = "softmax, softmax-nobias, mlp:W1[,W2...] (every layer \
          the given activation), mlp:W1:ACT1[,W2:ACT2...] (per layer; a layer without `:ACT` \
          takes the given activation), autoencoder:W1[,W2...],CODE";
@@ -252,10 +269,13 @@ impl fmt::Display for ModelSpec {
 /// How to draw the starting point.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
+    /// Every weight zero: fine for softmax regression, but an MLP's hidden
+    /// units then start identical.
     Zeros,
     /// Normal(0, std) redrawn beyond two standard deviations, like
     /// `tf.truncated_normal` (the notebook used std = 0.1).
     TruncatedNormal {
+        /// Standard deviation before truncation; positive and finite.
         std: f64,
     },
     /// Glorot/Xavier uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
@@ -268,6 +288,7 @@ pub enum Init {
 }
 
 impl Init {
+    /// The forms [`FromStr`] accepts, for help and error messages.
     pub const CHOICES: &'static str = "zero, normal:STD (e.g. normal:0.1), glorot, sparse";
 
     /// Non-zero incoming weights per unit under [`Init::Sparse`], Martens' choice.
@@ -357,10 +378,12 @@ impl Model {
         })
     }
 
+    /// The specification the model was built from.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
 
+    /// Input width, e.g. 784 for MNIST.
     pub fn inputs(&self) -> usize {
         self.inputs
     }
@@ -371,14 +394,17 @@ impl Model {
         self.classes
     }
 
+    /// Where each layer's weights and biases sit in the flat vector.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
 
+    /// Weight layers: the hidden layers plus the output layer.
     pub fn num_layers(&self) -> usize {
         self.hidden.len() + 1
     }
 
+    /// Whether every layer has a bias (all models but `softmax-nobias`).
     pub fn has_bias(&self) -> bool {
         !matches!(self.spec, ModelSpec::Softmax { bias: false })
     }
@@ -389,6 +415,7 @@ impl Model {
         &self.hidden
     }
 
+    /// Whether the model reconstructs its inputs (trained against them, not labels).
     pub fn is_autoencoder(&self) -> bool {
         matches!(self.spec, ModelSpec::Autoencoder { .. })
     }

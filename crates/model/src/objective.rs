@@ -20,6 +20,7 @@ pub enum CurvatureKind {
 }
 
 impl CurvatureKind {
+    /// The names [`FromStr`] accepts, for help and error messages.
     pub const CHOICES: &'static str = "hessian, ggn";
 }
 
@@ -49,13 +50,18 @@ impl fmt::Display for CurvatureKind {
 /// A smooth objective over a fixed batch of data, as a function of the flat
 /// parameter vector: `f(w) = mean_i CE(model(w, x_i), y_i) + penalties(w)`.
 pub trait Objective: Send + Sync {
+    /// How the flat parameter vector splits into the model's tensors.
     fn layout(&self) -> &ParamLayout;
+    /// The device every tensor of the objective lives on.
     fn device(&self) -> &Device;
+    /// The dtype of the tensors the objective takes and returns.
     fn dtype(&self) -> DType;
     /// Samples in the batch; one gradient touches all of them.
     fn num_samples(&self) -> usize;
 
+    /// `f(w)`: the mean loss over the batch plus the penalties.
     fn loss(&self, w: &Tensor) -> Result<f64>;
+    /// `f(w)` and its gradient `∇f(w)`, computed together.
     fn loss_and_grad(&self, w: &Tensor) -> Result<(f64, Tensor)>;
 
     /// The curvature at `w` as an operator. The forward quantities it needs
@@ -71,6 +77,7 @@ pub trait Objective: Send + Sync {
     /// `0..num_samples()`), for sub-sampled curvature.
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>>;
 
+    /// Length of the flat parameter vector.
     fn dim(&self) -> usize {
         self.layout().len()
     }
@@ -169,36 +176,43 @@ impl Batches {
         );
         if !(lo >= 0.0 && hi <= 1.0) {
             return Err(ModelError::Batch(format!(
-                "an autoencoder's inputs are its targets and must lie in [0, 1]                  (pixels / 255), got values in [{lo}, {hi}]"
+                "an autoencoder's inputs are its targets and must lie in [0, 1] (pixels / 255), got values in [{lo}, {hi}]"
             )));
         }
         Ok(batches)
     }
 
+    /// Number of samples over all chunks; at least 1.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Input width, the columns of `x`.
     pub fn inputs(&self) -> usize {
         self.inputs
     }
 
+    /// Target width, the columns of `y`: the classes, or an autoencoder's inputs.
     pub fn classes(&self) -> usize {
         self.classes
     }
 
+    /// The `(x, y)` chunks in row order.
     pub fn chunks(&self) -> &[(Tensor, Tensor)] {
         &self.chunks
     }
 
+    /// Rows in each chunk but the last, which may hold fewer.
     pub fn chunk_rows(&self) -> usize {
         self.chunks.first().map_or(1, |c| c.0.dim(0).unwrap_or(1))
     }
 
+    /// The device the data lives on.
     pub fn device(&self) -> &Device {
         self.chunks[0].0.device()
     }
 
+    /// The dtype of inputs and targets (they share one).
     pub fn dtype(&self) -> DType {
         self.chunks[0].0.dtype()
     }

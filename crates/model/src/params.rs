@@ -12,7 +12,9 @@ use crate::error::{ModelError, Result};
 /// Whether a parameter is a weight (penalised by L2) or a bias (never penalised).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamKind {
+    /// Penalised by L2.
     Weight,
+    /// Never penalised.
     Bias,
 }
 
@@ -23,19 +25,24 @@ pub struct ParamSpec {
     pub name: String,
     /// Weights are stored `[fan_in, fan_out]` so that `logits = x · W + b`, as in the notebook.
     pub shape: Vec<usize>,
+    /// Index of the block's first scalar in the flat vector.
     pub offset: usize,
+    /// Whether L2 penalises the block.
     pub kind: ParamKind,
 }
 
 impl ParamSpec {
+    /// Number of scalars in the block, the product of `shape`.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// Whether the block holds no scalars (a zero in `shape`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The block's indices in the flat vector.
     pub fn range(&self) -> std::ops::Range<usize> {
         self.offset..self.offset + self.len()
     }
@@ -74,14 +81,17 @@ impl ParamLayout {
         self.len
     }
 
+    /// Whether the layout holds no parameters.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The blocks in the order they are packed.
     pub fn params(&self) -> &[ParamSpec] {
         &self.params
     }
 
+    /// The block named `name`; errors with the available names if there is none.
     pub fn spec(&self, name: &str) -> Result<&ParamSpec> {
         self.params
             .iter()
@@ -92,6 +102,7 @@ impl ParamLayout {
             })
     }
 
+    /// The block names in packing order.
     pub fn names(&self) -> Vec<String> {
         self.params.iter().map(|p| p.name.clone()).collect()
     }

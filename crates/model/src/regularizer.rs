@@ -22,10 +22,20 @@ pub const LAPLACE_KERNEL: [[f64; 3]; 3] = [[0.5, 1.0, 0.5], [1.0, -6.0, 1.0], [0
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Penalty {
     /// `(lam/2)·||W||²` over weights only; biases are never penalised.
-    L2 { lam: f64 },
+    L2 {
+        /// Strength, finite and `>= 0`.
+        lam: f64,
+    },
     /// `eps·Σ_k ||L W_k||²`, each column `W_k` of the first layer's weights
     /// seen as a `rows x cols` image.
-    Laplacian { eps: f64, rows: usize, cols: usize },
+    Laplacian {
+        /// Strength, finite and `>= 0`.
+        eps: f64,
+        /// Image height; `rows * cols` must equal the first layer's inputs.
+        rows: usize,
+        /// Image width.
+        cols: usize,
+    },
 }
 
 impl fmt::Display for Penalty {
@@ -46,6 +56,8 @@ pub struct Regularizer {
 }
 
 impl Regularizer {
+    /// The sum of `terms`; errors on a negative or non-finite strength, or on
+    /// a Laplacian image shape that does not match the first layer's inputs.
     pub fn new(
         terms: Vec<Penalty>,
         layout: &ParamLayout,
@@ -82,14 +94,17 @@ impl Regularizer {
         })
     }
 
+    /// No penalty: value, gradient and products are all zero.
     pub fn none(layout: &ParamLayout, device: &Device, dtype: DType) -> Result<Self> {
         Self::new(Vec::new(), layout, device, dtype)
     }
 
+    /// The penalty terms, in the order given.
     pub fn terms(&self) -> &[Penalty] {
         &self.terms
     }
 
+    /// Whether there are no penalty terms.
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }

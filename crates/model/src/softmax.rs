@@ -64,6 +64,7 @@ pub enum KernelChoice {
 }
 
 impl KernelChoice {
+    /// The names [`FromStr`](std::str::FromStr) accepts, for help and error messages.
     pub const CHOICES: &'static str = "auto, fused, candle";
 }
 
@@ -87,6 +88,7 @@ impl std::str::FromStr for KernelChoice {
 /// defaults pick the fastest path the device and CPU have.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOptions {
+    /// Which family of kernels; resolved per device by [`KernelOptions::kernel_for`].
     pub kernel: KernelChoice,
     /// How the fused kernel stores `X`.
     pub storage: XStorage,
@@ -116,6 +118,9 @@ impl KernelOptions {
     }
 }
 
+/// Softmax regression over a batch, `mean_i CE(softmax(x_i W (+ b)), y_i)`
+/// plus penalties, with closed-form gradient and curvature products (its
+/// Gauss-Newton matrix is its Hessian).
 pub struct SoftmaxObjective {
     model: Model,
     data: Batches,
@@ -133,6 +138,9 @@ impl SoftmaxObjective {
         Self::with_options(model, data, penalties, &KernelOptions::default())
     }
 
+    /// The objective with its kernel chosen by `options`. Errors unless
+    /// `model` is softmax regression whose shapes fit `data`, on an invalid
+    /// penalty, and when `options` ask for a kernel the device lacks.
     pub fn with_options(
         model: Model,
         data: Batches,
@@ -179,6 +187,7 @@ impl SoftmaxObjective {
         Ok(self)
     }
 
+    /// The kernel computing the data term.
     pub fn kernel(&self) -> SoftmaxKernel {
         self.kernel
     }
@@ -188,14 +197,17 @@ impl SoftmaxObjective {
         self.fused.as_ref()
     }
 
+    /// The softmax-regression model.
     pub fn model(&self) -> &Model {
         &self.model
     }
 
+    /// The batch the objective averages over.
     pub fn data(&self) -> &Batches {
         &self.data
     }
 
+    /// The penalties added to the data term.
     pub fn regularizer(&self) -> &Arc<Regularizer> {
         &self.reg
     }

@@ -51,83 +51,138 @@ pub const LAYOUT_NOTE: &str = "weights are [in, out]: logits = x @ W + b \
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WeightsError {
+    /// The file could not be read.
     #[error("{}: cannot read weights", path.display())]
     Read {
+        /// The weights file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
+    /// The file could not be written (or renamed into place).
     #[error("{}: cannot write weights: {source}", path.display())]
     Write {
+        /// The weights file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
     /// Not a safetensors file, or cut off, or its header does not fit its data.
     #[error("{}: not a valid safetensors file (truncated or corrupt): {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The weights file.
+        path: PathBuf,
+        /// What safetensors (or the header check) found wrong.
+        reason: String,
+    },
 
+    /// A metadata key every hessfree file carries is absent.
     #[error(
         "{}: metadata key `{key}` is missing; expected a file written by hessfree ({FORMAT}) with keys {}",
         path.display(),
         METADATA_KEYS.join(", ")
     )]
-    MissingMetadata { path: PathBuf, key: String },
+    MissingMetadata {
+        /// The weights file.
+        path: PathBuf,
+        /// The absent key.
+        key: String,
+    },
 
+    /// A metadata key hessfree does not write: the file comes from elsewhere
+    /// or from another format version.
     #[error(
         "{}: unknown metadata key `{key}`; a {FORMAT} file has exactly {}",
         path.display(),
         METADATA_KEYS.join(", ")
     )]
-    UnknownMetadata { path: PathBuf, key: String },
+    UnknownMetadata {
+        /// The weights file.
+        path: PathBuf,
+        /// The first unknown key, in sorted order.
+        key: String,
+    },
 
+    /// A metadata value that does not parse, or describes a model the file cannot hold.
     #[error("{}: metadata `{key}` = `{value}` is invalid: expected {expected}", path.display())]
     BadMetadata {
+        /// The weights file.
         path: PathBuf,
+        /// The metadata key.
         key: String,
+        /// Its value in the file.
         value: String,
+        /// What a valid value looks like.
         expected: String,
     },
 
+    /// The model the metadata describes has a block the file lacks.
     #[error("{}: tensor `{name}` is missing; expected shape {expected:?} for model `{model}`", path.display())]
     MissingTensor {
+        /// The weights file.
         path: PathBuf,
+        /// The block's name, e.g. `layer0.bias`.
         name: String,
+        /// The block's shape in the model.
         expected: Vec<usize>,
+        /// The model, as its spec prints.
         model: String,
     },
 
+    /// The file holds a tensor the model has no block for.
     #[error("{}: unexpected tensor `{name}`; model `{model}` has exactly {expected}", path.display())]
     UnexpectedTensor {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The model's blocks, as
+        /// [`ParamLayout::describe`](crate::ParamLayout::describe) writes them.
         expected: String,
+        /// The model, as its spec prints.
         model: String,
     },
 
+    /// A tensor whose shape is not its block's.
     #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
     Shape {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The block's shape in the model.
         expected: Vec<usize>,
+        /// The tensor's shape in the file.
         found: Vec<usize>,
     },
 
+    /// A tensor stored in another dtype than the `dtype` metadata names.
     #[error("{}: tensor `{name}` has dtype {found}, expected {expected} as the metadata says", path.display())]
     Dtype {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The dtype the metadata names, e.g. `F32`.
         expected: String,
+        /// The tensor's dtype in the file.
         found: String,
     },
 
+    /// A NaN or infinite parameter, refused when saving and when loading.
     #[error("{}: tensor `{name}` holds {value} at flat index {index}, expected finite values", path.display())]
     NonFinite {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's (block's) name.
         name: String,
+        /// Index of the first such value within the tensor.
         index: usize,
+        /// The value.
         value: f64,
     },
 
@@ -139,25 +194,41 @@ pub enum WeightsError {
         path.display()
     )]
     OutOfRange {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// Index of the first such value within the tensor.
         index: usize,
+        /// The value as the file stores it.
         value: f64,
+        /// The dtype it was to be loaded as.
         dtype: String,
+        /// The dtype the file stores, which holds it.
         stored: String,
     },
 
+    /// A dtype weights cannot be saved or loaded in.
     #[error("{}: {reason}", path.display())]
-    Unsupported { path: PathBuf, reason: String },
+    Unsupported {
+        /// The weights file.
+        path: PathBuf,
+        /// The dtype refused, and the ones accepted.
+        reason: String,
+    },
 
+    /// The model could not be built from the metadata, or the vector does not fit it.
     #[error("{}: {source}", path.display())]
     Model {
+        /// The weights file.
         path: PathBuf,
+        /// The model crate's error.
         #[source]
         source: ModelError,
     },
 }
 
+/// Shorthand for this module's results.
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 
 /// The dtypes a weights file may hold.

@@ -18,8 +18,11 @@ pub enum ReportError {
     /// the caller asked for (not the temporary one, which never survives).
     #[error("cannot {action} {path}: {source}")]
     Io {
+        /// The step that failed, phrased to follow "cannot".
         action: &'static str,
+        /// The file the caller asked for.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -28,18 +31,30 @@ pub enum ReportError {
     /// image, a pixel buffer of the wrong length, a CSV row with the wrong
     /// number of fields. `what` names the artefact being built.
     #[error("{what}: {reason}")]
-    InvalidInput { what: String, reason: String },
+    InvalidInput {
+        /// The artefact being built, for the message.
+        what: String,
+        /// What is wrong with the input.
+        reason: String,
+    },
 
     /// plotters failed while drawing a chart. `what` names the chart (its
     /// title) so the message points at the figure that failed.
     #[error("drawing {what}: {message}")]
-    Plot { what: String, message: String },
+    Plot {
+        /// The chart, by its title (or "untitled plot").
+        what: String,
+        /// plotters' error, as text.
+        message: String,
+    },
 
     /// The image crate failed to encode a PNG (in memory, before any file is
     /// touched).
     #[error("encoding {what} as PNG: {source}")]
     Encode {
+        /// The image being encoded, for the message.
         what: String,
+        /// The image crate's error.
         #[source]
         source: image::ImageError,
     },
@@ -47,7 +62,9 @@ pub enum ReportError {
     /// serde_json failed to serialise a value destined for `path`.
     #[error("serialising JSON for {path}: {source}")]
     Json {
+        /// The file the JSON was meant for; nothing was written to it.
         path: PathBuf,
+        /// serde_json's error.
         #[source]
         source: serde_json::Error,
     },

@@ -9,6 +9,8 @@
 //! Every file goes through [`write_atomic`], hessfree's one atomic writer:
 //! a reader (or a later `--check`) never sees a half-written report.
 
+#![warn(missing_docs)]
+
 mod csv;
 mod error;
 mod format;

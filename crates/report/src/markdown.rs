@@ -7,8 +7,10 @@
 /// Column alignment in a Markdown table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Align {
+    /// Left-aligned, `---`; the default.
     #[default]
     Left,
+    /// Centred, `:---:`.
     Center,
     /// For numbers, so digits line up in rendered tables.
     Right,

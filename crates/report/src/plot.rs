@@ -46,11 +46,14 @@ const DESC_PX: u32 = 16;
 /// One named curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Series {
+    /// Legend entry.
     pub name: String,
+    /// `(x, y)` in data units; points a log axis cannot show are dropped when drawn.
     pub points: Vec<(f64, f64)>,
 }
 
 impl Series {
+    /// A series named `name` through `points`, in the order given.
     pub fn new(name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
         Self {
             name: name.into(),
@@ -62,11 +65,17 @@ impl Series {
 /// A 2-D line plot with optional log axes and a legend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinePlot {
+    /// Caption above the chart; empty for none.
     pub title: String,
+    /// Description under the x axis.
     pub x_label: String,
+    /// Description beside the y axis.
     pub y_label: String,
+    /// Whether the x axis is log10; non-positive x values are then dropped.
     pub log_x: bool,
+    /// Whether the y axis is log10; non-positive y values are then dropped.
     pub log_y: bool,
+    /// The curves, drawn in order; position `i` is coloured [`series_color`]`(i)`.
     pub series: Vec<Series>,
     /// Width and height in pixels.
     pub size: (u32, u32),
@@ -126,21 +135,25 @@ impl LinePlot {
         }
     }
 
+    /// Sets whether the x axis is log10.
     pub fn log_x(mut self, on: bool) -> Self {
         self.log_x = on;
         self
     }
 
+    /// Sets whether the y axis is log10.
     pub fn log_y(mut self, on: bool) -> Self {
         self.log_y = on;
         self
     }
 
+    /// Sets the output size in pixels; [`LinePlot::render_svg`] refuses less than 100x100.
     pub fn size(mut self, width: u32, height: u32) -> Self {
         self.size = (width, height);
         self
     }
 
+    /// Appends a series; its colour follows from its position.
     pub fn with_series(mut self, series: Series) -> Self {
         self.series.push(series);
         self

@@ -26,13 +26,21 @@ use crate::schedule::LrSchedule;
 /// The checkpoint name of this solver's state and runs.
 const NAME: &str = "adam";
 
+/// Adam's settings, recorded with every run; the defaults are PyTorch's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
+    /// The base rate `lr` (before any schedule); finite and positive.
     pub learning_rate: f64,
+    /// Decay of the first-moment average `m`, in `[0, 1)`.
     pub beta1: f64,
+    /// Decay of the second-moment average `v`, in `[0, 1)`.
     pub beta2: f64,
+    /// Added to `√v̂` in the denominator; finite and positive.
     pub eps: f64,
+    /// Samples per mini-batch, at most the training set.
     pub batch_size: usize,
+    /// Seed of the mini-batch order; SGD with the same seed and batch size
+    /// sees the same batches.
     pub seed: u64,
     /// Left out of the JSON when constant, as in [`crate::SgdConfig`].
     #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
@@ -55,6 +63,7 @@ impl Default for AdamConfig {
 }
 
 impl AdamConfig {
+    /// Checks every setting, naming the bad one in a [`SolverError::Config`].
     pub fn validate(&self) -> Result<()> {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(SolverError::Config(format!(
@@ -84,6 +93,7 @@ impl AdamConfig {
     }
 }
 
+/// Adam as an argmin solver over an [`HfProblem`], one mini-batch per iteration.
 pub struct Adam {
     config: AdamConfig,
     sampler: Option<BatchSampler>,
@@ -95,6 +105,7 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// Adam with `config`, refused if [`AdamConfig::validate`] refuses it.
     pub fn new(config: AdamConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
@@ -183,7 +194,9 @@ impl Solver<HfProblem, HfState> for Adam {
 /// (the moments are the tensors `first_moment` and `second_moment`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamState {
+    /// The sampler's position; `None` if the solver was never initialised.
     pub sampler: Option<SamplerFields>,
+    /// Updates made; the bias corrections and the schedule depend on it.
     pub steps: u64,
 }
 

@@ -42,10 +42,12 @@ pub fn take_deferred_error() -> Option<String> {
 pub struct Params(pub Tensor);
 
 impl Params {
+    /// The wrapped vector.
     pub fn tensor(&self) -> &Tensor {
         &self.0
     }
 
+    /// The wrapped vector, by value.
     pub fn into_tensor(self) -> Tensor {
         self.0
     }

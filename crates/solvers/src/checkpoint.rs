@@ -32,6 +32,7 @@ use crate::error::{Result, SolverError};
 use crate::stop::StopReason;
 use crate::trace::{Counts, TraceRecord};
 
+/// Version of the binary layout; a checkpoint of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"HFCKPT\r\n";
 /// magic + version + two lengths.
@@ -127,6 +128,7 @@ pub struct SnapshotMeta {
     /// The method's name and settings (JSON), so a resume with different
     /// settings is refused instead of silently mixing two runs.
     pub method: String,
+    /// The settings as JSON, including the method's name.
     pub settings: String,
     /// Outer iterations done.
     pub iter: u64,
@@ -134,12 +136,17 @@ pub struct SnapshotMeta {
     pub finished: Option<StopReason>,
     /// The argmin state's cost, as f64 bits.
     pub cost_bits: u64,
+    /// Cost counters when the checkpoint was taken.
     pub counts: Counts,
+    /// The solver's own seconds so far.
     pub solver_seconds: f64,
     /// Trace rows recorded (drives `test_every`).
     pub records: u64,
+    /// The trace rows recorded so far.
     pub trace: Vec<TraceRecord>,
+    /// The run's extras; filled only in the final checkpoint of a finished run.
     pub extras: BTreeMap<String, f64>,
+    /// The solver's own state; `None` in the final checkpoint of a finished run.
     pub solver: Option<SolverState>,
     /// Name, dtype and length of each vector in the payload, in order.
     pub tensors: Vec<(String, String, usize)>,
@@ -148,6 +155,7 @@ pub struct SnapshotMeta {
 /// A checkpoint in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
+    /// Everything but the vectors.
     pub meta: SnapshotMeta,
     /// `param` always; `gradient` and the solver's own vectors when it has them.
     pub tensors: BTreeMap<String, (DType, Vec<f64>)>,
@@ -192,6 +200,8 @@ impl Snapshot {
             .get(name)
     }
 
+    /// The file's bytes: magic, version, lengths, the JSON header, the
+    /// vectors as little-endian f64, and an FNV-1a checksum.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut meta = self.meta.clone();
         meta.tensors = self

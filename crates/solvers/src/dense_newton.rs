@@ -25,13 +25,18 @@ use crate::line_search::{Armijo, armijo};
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel, unsupported};
 
+/// Dense Newton's settings, recorded with every run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DenseNewtonConfig {
     /// Rows of the sub-sample the Hessian is assembled on (`None`: all).
     pub hessian_batch: Option<usize>,
+    /// `λ` added to the Hessian's diagonal before the solve; finite and `>= 0`.
     pub damping: f64,
+    /// Armijo's sufficient-decrease constant `c`.
     pub armijo_c: f64,
+    /// Factor the step shrinks by after each rejected trial.
     pub line_search_shrink: f64,
+    /// Trials after the full step before the line search gives up.
     pub line_search_max_steps: usize,
 }
 
@@ -47,18 +52,23 @@ impl Default for DenseNewtonConfig {
     }
 }
 
+/// Newton's method with the curvature assembled densely and solved by faer;
+/// after a run, its public fields hold what it measured.
 #[derive(Default)]
 pub struct DenseNewton {
     config: DenseNewtonConfig,
     /// Bytes of the matrix formed (f64).
     pub hessian_bytes: u64,
+    /// Seconds spent assembling the curvature, summed over iterations.
     pub assembly_seconds: f64,
+    /// Seconds spent in the solves, summed over iterations.
     pub solve_seconds: f64,
     /// How many solves fell back to the eigendecomposition.
     pub eigen_fallbacks: u64,
 }
 
 impl DenseNewton {
+    /// Dense Newton with `config`; refused for a negative or non-finite damping.
     pub fn new(config: DenseNewtonConfig) -> Result<Self> {
         if !(config.damping.is_finite() && config.damping >= 0.0) {
             return Err(SolverError::Config(format!(

@@ -13,8 +13,10 @@ use crate::error::{Result, SolverError};
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel, unsupported};
 
+/// L-BFGS's settings, recorded with every run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LbfgsConfig {
+    /// Correction pairs kept (the history length `m`); at least 1.
     pub memory: usize,
     /// L-BFGS's own convergence test on ‖g‖ (the shared `grad_tol` stops too).
     pub grad_tol: f64,
@@ -39,6 +41,7 @@ pub struct Lbfgs {
 }
 
 impl LbfgsConfig {
+    /// The solver, refused for a memory of 0 or a tolerance argmin rejects.
     pub fn build(&self) -> Result<Lbfgs> {
         if self.memory == 0 {
             return Err(SolverError::Config(

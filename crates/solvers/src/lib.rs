@@ -4,6 +4,8 @@
 //! SGD, Adam and dense Newton, with one trace format and one set of stopping
 //! rules.
 
+#![warn(missing_docs)]
+
 pub mod adam;
 pub mod argmin_glue;
 pub mod argmin_params;

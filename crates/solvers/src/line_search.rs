@@ -6,10 +6,14 @@ use hessfree_model::linop::vec;
 use crate::error::Result;
 use crate::problem::HfProblem;
 
+/// Settings of [`armijo`]'s backtracking.
 #[derive(Clone, Copy, Debug)]
 pub struct Armijo {
+    /// Sufficient-decrease constant: accept `α` once `f(w + αd) ≤ f + c·α·gᵀd`.
     pub c: f64,
+    /// Factor `α` shrinks by after each rejected trial, starting from 1.
     pub shrink: f64,
+    /// Trials after the full step before giving up.
     pub max_steps: usize,
 }
 

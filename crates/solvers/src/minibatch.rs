@@ -16,10 +16,15 @@ use crate::problem::HfProblem;
 /// [`hessfree_data::SamplerState`] field by field (it has no serde derive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplerFields {
+    /// Samples drawn from: the training set's size.
     pub len: usize,
+    /// Samples per batch.
     pub batch_size: usize,
+    /// Seed of the batch order.
     pub seed: u64,
+    /// The epoch being drawn, counting from 0.
     pub epoch: u64,
+    /// How far into the epoch's order the next batch starts.
     pub position: usize,
 }
 

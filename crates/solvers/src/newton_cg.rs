@@ -50,11 +50,16 @@ use hessfree_model::cg::{CgOptions, conjugate_gradient};
 /// The checkpoint name of this solver's state and runs.
 const NAME: &str = "newton-cg";
 
+/// Newton-CG's settings, recorded with every run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewtonCgConfig {
+    /// The damping `λ` of the first step; finite and positive.
     pub initial_damping: f64,
+    /// `λ` is never lowered below this; finite and positive.
     pub min_damping: f64,
+    /// `λ` never rises above this; finite and positive.
     pub max_damping: f64,
+    /// CG iterations per outer iteration, at most; at least 1.
     pub cg_max_iters: usize,
     /// A fixed CG relative tolerance; `None` uses the forcing sequence
     /// `min(0.5, √‖g‖)`, which gives superlinear convergence.
@@ -63,11 +68,17 @@ pub struct NewtonCgConfig {
     pub cg_progress_eps: Option<f64>,
     /// The warm start is `decay · previous direction`; `None` starts CG at zero.
     pub warm_start_decay: Option<f64>,
+    /// Whether to walk back over CG's kept iterates while the loss improves.
     pub cg_backtracking: bool,
+    /// Whether to precondition CG with `(diag + λ)^(−preconditioner_exponent)`.
     pub preconditioner: bool,
+    /// The exponent `α` of the preconditioner, Martens' 0.75 by default.
     pub preconditioner_exponent: f64,
+    /// Armijo's sufficient-decrease constant `c`.
     pub armijo_c: f64,
+    /// Factor the step shrinks by after each rejected trial, in `(0, 1)`.
     pub line_search_shrink: f64,
+    /// Trials after the full step before the line search gives up.
     pub line_search_max_steps: usize,
     /// Consecutive rejected steps before the run stops with an error.
     pub max_failures: usize,
@@ -107,6 +118,7 @@ pub struct NewtonCgConfig {
 /// every row is used once per `n` rows drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurvatureBatches {
+    /// Rows per batch (at most the training set).
     pub size: usize,
     /// Seed of the shuffle ([`hessfree_data::permutation`], epoch 0).
     pub seed: u64,
@@ -204,6 +216,7 @@ impl NewtonCgConfig {
         }
     }
 
+    /// Checks the settings, naming the bad one in a [`SolverError::Config`].
     pub fn validate(&self) -> Result<()> {
         let positive = |name: &str, x: f64| {
             if x.is_finite() && x > 0.0 {
@@ -253,6 +266,7 @@ impl NewtonCgConfig {
     }
 }
 
+/// Damped Newton-CG as an argmin solver over an [`HfProblem`]; see the module docs.
 pub struct NewtonCg {
     config: NewtonCgConfig,
     damping: f64,
@@ -266,6 +280,7 @@ pub struct NewtonCg {
 }
 
 impl NewtonCg {
+    /// Newton-CG with `config`, refused if [`NewtonCgConfig::validate`] refuses it.
     pub fn new(config: NewtonCgConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
@@ -278,6 +293,7 @@ impl NewtonCg {
         })
     }
 
+    /// The damping `λ` the next step will use.
     pub fn damping(&self) -> f64 {
         self.damping
     }
@@ -521,8 +537,12 @@ impl Solver<HfProblem, HfState> for NewtonCg {
 /// comes back from their seed).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewtonCgState {
+    /// The damping for the next step, as `f64::to_bits`, so it resumes exactly.
     pub damping_bits: u64,
+    /// Steps rejected in a row, counted towards `max_failures`.
     pub failures: usize,
+    /// Where the next curvature batch starts in the shuffled rows; `None`
+    /// without curvature batches (and in checkpoints written before them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curvature_batch_position: Option<usize>,
 }

@@ -13,6 +13,8 @@ use crate::argmin_params::Params;
 use crate::error::{Result, SolverError};
 use crate::trace::Counters;
 
+/// What every solver here optimises: the full-batch objective for loss and gradient,
+/// a curvature objective (possibly a sub-sample) for products, and the cost counters.
 pub struct HfProblem {
     objective: Arc<dyn Objective>,
     curvature_objective: Arc<dyn Objective>,
@@ -40,22 +42,27 @@ impl HfProblem {
         Self::new(objective.clone(), objective, kind)
     }
 
+    /// The full-batch objective: loss, gradient and the trace.
     pub fn objective(&self) -> &Arc<dyn Objective> {
         &self.objective
     }
 
+    /// The objective curvature products are taken on (a sub-sample, or the objective itself).
     pub fn curvature_objective(&self) -> &Arc<dyn Objective> {
         &self.curvature_objective
     }
 
+    /// Which curvature the products are of.
     pub fn kind(&self) -> CurvatureKind {
         self.kind
     }
 
+    /// The counters every evaluation and product of this problem adds to.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
+    /// Training samples in the full batch, the unit of a data pass.
     pub fn num_samples(&self) -> usize {
         self.objective.num_samples()
     }

@@ -32,14 +32,18 @@ pub type Evaluator = Arc<dyn Fn(&Tensor) -> Result<f64> + Send + Sync>;
 /// Called with every new trace record (progress bars, logs).
 pub type OnRecord = Arc<dyn Fn(&TraceRecord) + Send + Sync>;
 
+/// How [`run_solver`] runs a solver: stopping rules, trace, checkpoints and resume.
 #[derive(Clone, Default)]
 pub struct RunOptions {
+    /// When to stop.
     pub stop: StopRules,
     /// Record a trace row every this many iterations (0 or 1: every one).
     pub trace_every: u64,
     /// Evaluate the test accuracy on every this many recorded iterations.
     pub test_every: u64,
+    /// Scores the parameters for the trace; `None` leaves `test_accuracy` empty.
     pub test_accuracy: Option<Evaluator>,
+    /// Called with every trace row as it is recorded.
     pub on_record: Option<OnRecord>,
     /// Set to stop the run at the next iteration boundary (Ctrl-C).
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -52,10 +56,12 @@ pub struct RunOptions {
 /// Where checkpoints go (a file writer in the harness; anything in tests).
 pub type CheckpointSink = Arc<dyn Fn(&Snapshot) -> Result<()> + Send + Sync>;
 
+/// When and where checkpoints are written.
 #[derive(Clone)]
 pub struct Checkpointing {
     /// Checkpoint after every this many outer iterations (0 behaves as 1).
     pub every: u64,
+    /// Takes every checkpoint.
     pub sink: CheckpointSink,
 }
 
@@ -63,6 +69,7 @@ pub struct Checkpointing {
 /// settings is refused instead of silently mixing two runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunLabel {
+    /// The method's name, e.g. `"sgd"`.
     pub method: String,
     /// The settings as JSON.
     pub settings: String,
@@ -91,6 +98,7 @@ impl RunLabel {
 /// restored exactly (so that a resumed run repeats the uninterrupted one bit
 /// for bit), and the numbers it reports after a run.
 pub trait Resumable<St> {
+    /// The run's name and settings, checked against a checkpoint's on resume.
     fn label(&self) -> RunLabel;
 
     /// `false` makes [`run_solver`] refuse checkpoints and resumes before any
@@ -136,12 +144,17 @@ pub fn unsupported(name: &str) -> SolverError {
 /// The result of one run.
 #[derive(Clone, Debug)]
 pub struct RunOutput {
+    /// The method's name, as in its [`RunLabel`].
     pub method: String,
     /// The last accepted parameters (never NaN: a failing step is not kept).
     pub params: Tensor,
+    /// One row per recorded iteration, the starting point first.
     pub trace: Vec<TraceRecord>,
+    /// Why the run ended.
     pub stop: StopReason,
+    /// The problem's cost counters at the end.
     pub counts: Counts,
+    /// The solver's own seconds, trace evaluation excluded.
     pub solver_seconds: f64,
     /// Solver-specific numbers (dense Newton's Hessian bytes, assembly time...).
     pub extras: BTreeMap<String, f64>,

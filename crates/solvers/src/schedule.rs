@@ -22,12 +22,25 @@ pub enum Decay {
     #[default]
     Constant,
     /// Multiplied by `factor` after every `every` steps (PyTorch's `StepLR`).
-    Step { every: u64, factor: f64 },
+    Step {
+        /// Steps between decays; at least 1.
+        every: u64,
+        /// Multiplier per decay, in `(0, 1]`.
+        factor: f64,
+    },
     /// Multiplied by `gamma` after every step (PyTorch's `ExponentialLR`).
-    Exponential { gamma: f64 },
+    Exponential {
+        /// Multiplier per step, in `(0, 1]`.
+        gamma: f64,
+    },
     /// Half a cosine from the configured rate down to `floor` over `steps`
     /// steps, then `floor` (PyTorch's `CosineAnnealingLR` without its restart).
-    Cosine { steps: u64, floor: f64 },
+    Cosine {
+        /// Length of the half cosine; at least 1.
+        steps: u64,
+        /// The final rate, finite, `>= 0` and at most the configured rate.
+        floor: f64,
+    },
 }
 
 /// A learning-rate schedule shared by [`crate::SgdConfig`] and
@@ -39,8 +52,10 @@ pub enum Decay {
 /// the settings of a run written before schedules existed are unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
+    /// How the rate decays once the warm-up is over.
     #[serde(flatten)]
     pub decay: Decay,
+    /// Steps of linear warm-up from `base / warmup_steps` up to `base`; 0 for none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub warmup_steps: u64,
 }
@@ -50,10 +65,12 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl LrSchedule {
+    /// The forms [`FromStr`] accepts, for help and error messages.
     pub const CHOICES: &'static str = "constant, step:EVERY:FACTOR, exp:GAMMA, \
          cosine:STEPS[:FLOOR], any of them after `warmup:STEPS,` for a linear warm-up \
          (e.g. warmup:500,cosine:5000:1e-5)";
 
+    /// The configured rate at every step, the default.
     pub const fn constant() -> Self {
         Self {
             decay: Decay::Constant,

@@ -22,17 +22,23 @@ use crate::schedule::LrSchedule;
 /// The checkpoint name of this solver's state and runs.
 const NAME: &str = "sgd";
 
+/// SGD's settings, recorded with every run; the defaults are the notebook's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SgdConfig {
+    /// The base rate `lr` (before any schedule); finite and positive.
     pub learning_rate: f64,
+    /// Samples per mini-batch, at most the training set.
     pub batch_size: usize,
+    /// Momentum `μ` in `[0, 1)`; 0 is plain SGD.
     pub momentum: f64,
+    /// Seed of the mini-batch order; the same seed gives the same batches.
     pub seed: u64,
     /// Nesterov's momentum instead of heavy-ball (needs `momentum > 0`).
     /// Left out of the JSON when off, like `schedule` when constant, so
     /// the settings of runs made before these fields existed are unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nesterov: bool,
+    /// The learning-rate schedule; left out of the JSON when constant.
     #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
     pub schedule: LrSchedule,
 }
@@ -52,6 +58,7 @@ impl Default for SgdConfig {
 }
 
 impl SgdConfig {
+    /// Checks every setting, naming the bad one in a [`SolverError::Config`].
     pub fn validate(&self) -> Result<()> {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(SolverError::Config(format!(
@@ -79,6 +86,8 @@ impl SgdConfig {
     }
 }
 
+/// Mini-batch SGD as an argmin solver over an [`HfProblem`], one batch per
+/// iteration.
 pub struct Sgd {
     config: SgdConfig,
     sampler: Option<BatchSampler>,
@@ -89,6 +98,7 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// SGD with `config`, refused if [`SgdConfig::validate`] refuses it.
     pub fn new(config: SgdConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
@@ -172,6 +182,7 @@ impl Solver<HfProblem, HfState> for Sgd {
 /// (the momentum buffer is the tensor `velocity`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SgdState {
+    /// The sampler's position; `None` if the solver was never initialised.
     pub sampler: Option<SamplerFields>,
     /// Absent from checkpoints written before schedules, whose runs had no
     /// use for it; left out at 0 so that those files re-encode unchanged.

@@ -11,10 +11,16 @@ pub struct StopRules {
     pub grad_tol: Option<f64>,
     /// Stop when |f_prev − f| / max(|f|, 1) ≤ this after an accepted step.
     pub rel_decrease_tol: Option<f64>,
+    /// Stop after this many outer iterations.
     pub max_iters: Option<u64>,
+    /// Stop once the solver's own time reaches this many seconds.
     pub max_seconds: Option<f64>,
+    /// Stop once this many curvature-vector products are spent.
     pub max_hvps: Option<u64>,
+    /// Stop once this many gradients are evaluated.
     pub max_grad_evals: Option<u64>,
+    /// Stop once the samples touched reach this many passes over the
+    /// training set.
     pub max_data_passes: Option<f64>,
 }
 
@@ -36,15 +42,23 @@ impl Default for StopRules {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// `‖∇f‖` fell to [`StopRules::grad_tol`].
     GradientTolerance,
+    /// The relative decrease fell to [`StopRules::rel_decrease_tol`].
     RelativeDecrease,
+    /// [`StopRules::max_iters`] reached.
     MaxIterations,
+    /// [`StopRules::max_seconds`] reached.
     WallTime,
+    /// [`StopRules::max_hvps`] reached.
     HvpBudget,
+    /// [`StopRules::max_grad_evals`] reached.
     GradientBudget,
+    /// [`StopRules::max_data_passes`] reached.
     DataPassBudget,
     /// The solver itself declared convergence (e.g. L-BFGS's own tests).
     SolverConverged(String),
+    /// The interrupt flag was set (Ctrl-C); the run can resume from its last checkpoint.
     Interrupted,
     /// The run failed; the message says why. Parameters are the last good ones.
     Failed(String),

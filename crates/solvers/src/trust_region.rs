@@ -39,12 +39,15 @@ const NAME: &str = "trust-region";
 ///   `‖r‖ ≤ min(cg_rel_tol, √‖g‖)·‖g‖`, the forcing Newton-CG uses too.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrustRegionConfig {
+    /// The radius of the first step; positive.
     pub initial_radius: f64,
+    /// The radius never grows beyond this; positive.
     pub max_radius: f64,
     /// Steps with reduction ratio ρ ≤ eta are rejected.
     pub eta: f64,
     /// Steihaug's CG stops at ‖r‖ ≤ min(tol, √‖g‖)·‖g‖.
     pub cg_rel_tol: f64,
+    /// Steihaug's CG iterations per outer iteration, at most.
     pub cg_max_iters: u64,
 }
 
@@ -61,6 +64,7 @@ impl Default for TrustRegionConfig {
 }
 
 impl TrustRegionConfig {
+    /// The solver, refused for a setting out of the ranges above.
     pub fn build(&self) -> Result<TrustRegionNewtonCg> {
         let bad = |what: &str| Err(SolverError::Config(format!("trust region: {what}")));
         if !(self.cg_rel_tol > 0.0 && self.cg_rel_tol < 1.0) {
@@ -293,6 +297,7 @@ impl Solver<HfProblem, TrState> for TrustRegionNewtonCg {
 /// `f(x_k)` and `m_k(0)` equal the state's cost and are rebuilt from it).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrustRegionState {
+    /// The radius for the next step, as `f64::to_bits`, so it resumes exactly.
     pub radius_bits: u64,
 }
 

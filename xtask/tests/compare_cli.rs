@@ -166,7 +166,7 @@ fn bad_flags_and_missing_data_fail_without_writing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--optimizers", "sgd,rmsprop"],
-            "sgd, adam, newton-cg, trust-region, lbfgs, dense-newton",
+            "sgd, adam, newton-cg, hf, trust-region, lbfgs, dense-newton",
         ),
         (vec!["--model", "cnn"], "softmax-nobias"),
         (vec!["--init", "uniform"], "glorot"),

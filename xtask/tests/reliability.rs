@@ -152,6 +152,15 @@ fn every_bad_input_is_refused_clearly() {
             nothing_written: true,
         },
         Case {
+            input: "`--optimizers trust-region --tr-radius 1e9`",
+            args: compare(
+                &["--optimizers", "trust-region", "--tr-radius", "1e9"],
+                &good,
+            ),
+            expect: "radius 1000000000 exceeds the maximum radius 10000",
+            nothing_written: true,
+        },
+        Case {
             input: "`--max-time -5`",
             args: compare(&["--max-time", "-5"], &good),
             expect: "--max-time must be a positive number",

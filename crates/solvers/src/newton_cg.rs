@@ -230,6 +230,36 @@ impl NewtonCgConfig {
         positive("damping", self.initial_damping)?;
         positive("min damping", self.min_damping)?;
         positive("max damping", self.max_damping)?;
+        if !(self.min_damping <= self.initial_damping && self.initial_damping <= self.max_damping) {
+            return Err(SolverError::Config(format!(
+                "damping {} must lie between the min damping {} and the max damping {}",
+                self.initial_damping, self.min_damping, self.max_damping
+            )));
+        }
+        if !(self.armijo_c > 0.0 && self.armijo_c < 1.0) {
+            return Err(SolverError::Config(format!(
+                "Armijo constant must be in (0, 1), got {}",
+                self.armijo_c
+            )));
+        }
+        if self.max_failures == 0 {
+            return Err(SolverError::Config(
+                "max failures must be at least 1".into(),
+            ));
+        }
+        if !(self.preconditioner_exponent.is_finite() && self.preconditioner_exponent >= 0.0) {
+            return Err(SolverError::Config(format!(
+                "preconditioner exponent must be finite and >= 0, got {}",
+                self.preconditioner_exponent
+            )));
+        }
+        if let Some(d) = self.warm_start_decay
+            && !(d > 0.0 && d <= 1.0)
+        {
+            return Err(SolverError::Config(format!(
+                "warm-start decay must be in (0, 1], got {d}"
+            )));
+        }
         if self.cg_max_iters == 0 {
             return Err(SolverError::Config(
                 "CG max iterations must be at least 1".into(),

@@ -82,6 +82,12 @@ impl TrustRegionConfig {
                 self.max_radius
             ));
         }
+        if self.initial_radius > self.max_radius {
+            return bad(&format!(
+                "radius {} exceeds the maximum radius {}",
+                self.initial_radius, self.max_radius
+            ));
+        }
         if !(0.0..0.25).contains(&self.eta) {
             return bad(&format!("eta must be in [0, 1/4), got {}", self.eta));
         }

@@ -227,6 +227,46 @@ fn martens_preset_and_its_settings_are_checked() -> R<()> {
         "rho on the curvature batch needs curvature batches",
     );
     refused(martens(0, 0), "curvature batch size must be at least 1");
+    // Settings no run could use, each refused by name before any work.
+    for (bad, says) in [
+        (
+            NewtonCgConfig {
+                initial_damping: 1e-14,
+                ..NewtonCgConfig::default()
+            },
+            "damping 0.00000000000001 must lie between the min damping",
+        ),
+        (
+            NewtonCgConfig {
+                armijo_c: 1.0,
+                ..NewtonCgConfig::default()
+            },
+            "Armijo constant must be in (0, 1), got 1",
+        ),
+        (
+            NewtonCgConfig {
+                max_failures: 0,
+                ..NewtonCgConfig::default()
+            },
+            "max failures must be at least 1",
+        ),
+        (
+            NewtonCgConfig {
+                preconditioner_exponent: f64::NAN,
+                ..NewtonCgConfig::default()
+            },
+            "preconditioner exponent must be finite and >= 0, got NaN",
+        ),
+        (
+            NewtonCgConfig {
+                warm_start_decay: Some(1.5),
+                ..NewtonCgConfig::default()
+            },
+            "warm-start decay must be in (0, 1], got 1.5",
+        ),
+    ] {
+        refused(bad, says);
+    }
     refused(
         NewtonCgConfig {
             cg_first_save: Some(0),

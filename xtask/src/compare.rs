@@ -6,7 +6,7 @@
 //! runs and the report are the harness's ([`hessfree_harness::compare`]).
 //! Per-optimiser settings are flags (`--sgd-lr`, `--damping`, ...); a run
 //! can override problem settings with `name@key=value;key=value` in
-//! `--optimizers` (see [`hessfree_harness::compare::plan`]).
+//! `--optimizers` (see [`hessfree_harness::compare::plan`](mod@hessfree_harness::compare::plan)).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -114,8 +114,8 @@ pub struct CompareArgs {
     /// SGD with Nesterov momentum (needs --sgd-momentum > 0).
     #[arg(long)]
     pub sgd_nesterov: bool,
-    /// SGD's learning-rate schedule: constant, step:EVERY:FACTOR, exp:GAMMA
-    /// or cosine:STEPS[:FLOOR], each optionally after warmup:W,
+    /// SGD's learning-rate schedule: constant, step:EVERY:FACTOR, exp:GAMMA,
+    /// cosine:STEPS or cosine:STEPS:FLOOR, each optionally after warmup:W,
     #[arg(long, default_value = "constant", value_name = "SCHEDULE")]
     pub sgd_schedule: String,
     /// Adam's learning rate (PyTorch's default).

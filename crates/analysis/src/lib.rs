@@ -2,7 +2,7 @@
 //! through products alone where possible and through the assembled matrix
 //! where the question is about the matrix itself.
 //!
-//! - [`lanczos`]: Lanczos with full reorthogonalisation: extremal eigenvalues
+//! - [`lanczos`](mod@lanczos): Lanczos with full reorthogonalisation: extremal eigenvalues
 //!   with residual bounds, and the tridiagonal matrix behind them;
 //! - [`hutchinson`]: Hutchinson's trace estimator with Rademacher probes and a
 //!   confidence interval;

@@ -155,7 +155,7 @@ impl CsrU8 {
 /// on the row count, never on the threads.
 ///
 /// The dense side is worked on in slabs of one cache line of columns
-/// ([`Slabs`]), packed so that a slab's rows are contiguous: the slab of `W`
+/// (`Slabs`), packed so that a slab's rows are contiguous: the slab of `W`
 /// or of the accumulator (`cols` lines, MNIST: 50 KB) then stays in L1 while
 /// the rows' non-zeros gather from it. Unpacked, rows of 256 `f32` are 1 KB
 /// apart, so the lines of one slab fall into 4 of L1's 64 sets and evict

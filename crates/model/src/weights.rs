@@ -1,7 +1,7 @@
 //! Trained parameters as a `safetensors` file, and back.
 //!
 //! [`save_weights`] writes the flat parameter vector as one named tensor per
-//! block of the model's [`ParamLayout`] (`layer0.weight` `[fan_in, fan_out]`,
+//! block of the model's [`ParamLayout`](crate::ParamLayout) (`layer0.weight` `[fan_in, fan_out]`,
 //! `layer0.bias` `[fan_out]`, `layer1.weight`, ...) plus string metadata
 //! that is enough to rebuild the [`Model`]: the model spec as
 //! [`ModelSpec`]'s `Display` prints it (`softmax`, `softmax-nobias`,

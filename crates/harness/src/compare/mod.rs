@@ -1,4 +1,4 @@
-//! Optimisers side by side on one problem: the runs ([`plan`]), their
+//! Optimisers side by side on one problem: the runs ([`plan`](mod@plan)), their
 //! execution into a convergence report ([`run`]), and the report's schema,
 //! renderer and check ([`report`]).
 

@@ -6,7 +6,7 @@
 //! Newton-CG for the softmax problems, SGD for the MLP), computes with
 //! `hessfree-analysis` ([`study`]) and writes `report.md`, the figures and
 //! `summary.json` ([`schema`]). `report.md` and the SVG figures are pure
-//! functions of `summary.json` ([`render`]), so [`check`] re-renders them
+//! functions of `summary.json` (`render`), so [`check`] re-renders them
 //! from it and fails if the committed files differ (or a figure is missing).
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! hessfree: matrix-free second-order optimisation on candle.
 //!
-//! The crates, bottom up: [`data`] (MNIST-shaped IDX data and the atomic
-//! writer), [`model`] (objectives, losses, curvature operators and the one
+//! The crates, bottom up: [`data`] (MNIST-shaped IDX data), [`model`] (objectives, losses, curvature operators and the one
 //! CG), [`solvers`] (Newton-CG, trust region, L-BFGS, SGD, dense Newton on
 //! argmin, with traces, stop rules and checkpoints through one runner,
 //! [`solvers::run_solver`], open to solvers of your own), [`analysis`]

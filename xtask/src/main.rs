@@ -19,6 +19,7 @@ mod compare;
 mod data_info;
 mod eval;
 mod hessian;
+mod progress;
 mod report;
 
 #[derive(Parser)]

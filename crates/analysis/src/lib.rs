@@ -48,6 +48,3 @@ pub use spectrum::{
     laplacian_smoothest_mode, operator_spectrum, rayleigh_quotient, shift_direction,
     spectrum_report,
 };
-
-#[cfg(test)]
-mod tests;

@@ -25,14 +25,12 @@
 mod batches;
 mod dataset;
 mod error;
-mod fs;
 pub mod idx;
 mod locate;
 
 pub use batches::{BatchSampler, SampleSize, SamplerState, permutation, subsample_indices};
 pub use dataset::{Dataset, MNIST_CLASSES, PixelStats, Splits, TensorData, load_dir, load_split};
 pub use error::{DataError, Result};
-pub use fs::{write_atomic, write_atomic_with};
 pub use idx::{IdxImages, IdxKind};
 pub use locate::{
     DATA_DIR_ENV, DataDir, DataDirSource, DataFiles, Split, SplitFiles, candidate_names,

@@ -246,7 +246,7 @@ fn file_dtype(dtype: DType) -> Option<Dtype> {
 /// one that [`load_weights`] accepts.
 pub fn save_weights(path: &Path, model: &Model, w: &Tensor) -> Result<()> {
     let bytes = to_bytes(path, model, w)?;
-    hessfree_data::write_atomic(path, &bytes).map_err(|source| WeightsError::Write {
+    hessfree_fs::write_atomic(path, &bytes).map_err(|source| WeightsError::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -1,5 +1,5 @@
 //! Report files go through hessfree's one atomic writer
-//! ([`hessfree_data::write_atomic_with`]): a reader, or a later `--check`,
+//! ([`hessfree_fs::write_atomic_with`]): a reader, or a later `--check`,
 //! never sees a half-written report. This module only adds directory
 //! creation and errors that name the file.
 
@@ -45,7 +45,7 @@ where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let path = path.as_ref();
-    hessfree_data::write_atomic_with(path, fill).map_err(|e| {
+    hessfree_fs::write_atomic_with(path, fill).map_err(|e| {
         if e.kind() == io::ErrorKind::InvalidInput && path.file_name().is_none() {
             ReportError::invalid(format!("writing {}", path.display()), e.to_string())
         } else {

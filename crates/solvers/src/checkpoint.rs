@@ -330,7 +330,7 @@ pub fn write_atomic(path: &Path, snapshot: &Snapshot) -> Result<()> {
     if path.exists() {
         std::fs::copy(path, prev_path(path)).map_err(|e| io("keep previous", e))?;
     }
-    hessfree_data::write_atomic(path, &bytes).map_err(|e| io("write", e))
+    hessfree_fs::write_atomic(path, &bytes).map_err(|e| io("write", e))
 }
 
 /// Reads a checkpoint. A bad file is refused with an error naming it and,

@@ -1,5 +1,9 @@
 //! Tests of the analysis tools against dense matrices, with stated
-//! tolerances. Everything is f64 and small enough to assemble.
+//! tolerances, on crops of the bundled MNIST. Everything is f64 and small
+//! enough to assemble. They live here, not in hessfree-analysis, because
+//! that crate depends on the model crate alone and these need the data
+//! crate's reader; the spy plots of the harness's Hessian study are tested
+//! on the same crops.
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +18,8 @@ use hessfree_model::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::*;
+use hessfree_analysis::*;
+use hessfree_harness::hessian::{HessianOrder, hessian_spy_mask};
 
 type R<T> = anyhow::Result<T>;
 
@@ -499,5 +504,63 @@ fn spectrum_report_agrees_with_dense() -> R<()> {
     // A lower bound on the true condition number.
     assert!(kappa <= (dense[639] + 1e-4) / (dense[0] + 1e-4) * (1.0 + 1e-10));
     assert!(rep.density.iter().all(|p| p.1 >= 0.0));
+    Ok(())
+}
+
+#[test]
+fn spy_pixels_match_the_zero_pattern() -> R<()> {
+    // 36 pixels x 10 classes = 360; three images leave dead pixels.
+    let rows = [3usize, 10, 44];
+    let (x, y) = mnist_crop(&rows, 6)?;
+    let (model, obj) = softmax_obj(&x, &y, false, vec![])?;
+    for init in [Init::Zeros, Init::TruncatedNormal { std: 0.1 }] {
+        let w = model.init(init, 1, &DEV, DType::F64)?;
+        let h = assemble_softmax_data_hessian(&obj, &w, true)?;
+        assert!(h.pixels.len() < 36, "the crop should have dead pixels");
+        let full = h.to_full();
+        let nz = |r: usize, c: usize| full[(r, c)] != 0.0;
+        for order in [HessianOrder::PixelMajor, HessianOrder::ClassMajor] {
+            let idx = |i: usize| order.flat_index(i, 36, 10);
+            // Downsampled: each pixel dark iff its block has a non-zero.
+            let mask = hessian_spy_mask(&h, order, 100)?;
+            assert_eq!((mask.width(), mask.height()), (100, 100));
+            let png = image::load_from_memory(&mask.to_png()?)?.to_luma8();
+            for py in 0..100 {
+                for px in 0..100 {
+                    let (rs, cs) = mask.block(py, px).unwrap();
+                    let any = rs.clone().any(|r| cs.clone().any(|c| nz(idx(r), idx(c))));
+                    assert_eq!(mask.is_dark(py, px), any, "{order:?} ({py},{px})");
+                    let luma = png.get_pixel(px as u32, py as u32).0[0];
+                    assert_eq!(luma == 0, any);
+                }
+            }
+            // Full resolution: one pixel per entry.
+            let mask = hessian_spy_mask(&h, order, 360)?;
+            let png = image::load_from_memory(&mask.to_png()?)?.to_luma8();
+            for r in 0..360 {
+                for c in 0..360 {
+                    assert_eq!(
+                        png.get_pixel(c as u32, r as u32).0[0] == 0,
+                        nz(idx(r), idx(c))
+                    );
+                }
+            }
+            // A dead pixel's rows are white across the plot.
+            let dead = (0..36).find(|j| !h.pixels.contains(j)).unwrap();
+            let row = match order {
+                HessianOrder::PixelMajor => dead * 10,
+                HessianOrder::ClassMajor => dead,
+            };
+            assert!((0..360).all(|c| !mask.is_dark(row, c)));
+        }
+        // Random weights do not fill in zeros: same pattern at both inits.
+        let w0 = model.init(Init::Zeros, 0, &DEV, DType::F64)?;
+        let h0 = assemble_softmax_data_hessian(&obj, &w0, true)?.to_full();
+        for i in 0..360 {
+            for j in 0..360 {
+                assert_eq!(h0[(i, j)] != 0.0, nz(i, j));
+            }
+        }
+    }
     Ok(())
 }

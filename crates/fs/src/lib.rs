@@ -1,4 +1,6 @@
-//! The one atomic file writer of hessfree (weights, checkpoints, reports).
+//! The one atomic file writer of hessfree (weights, checkpoints, reports),
+//! in a crate of its own below every other so that the model, the solvers
+//! and the report crate can share it without depending on each other.
 //!
 //! A run can be interrupted (Ctrl-C, a CI timeout, a killed MPI rank) at any
 //! moment, and a half-written `summary.json` or truncated weights file that
@@ -7,6 +9,8 @@
 //! the destination: a rename within one directory is atomic on POSIX file
 //! systems, so readers see the old file or the complete new one, and a
 //! failed write leaves no temporary file behind.
+
+#![warn(missing_docs)]
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

@@ -14,11 +14,13 @@ use hessfree_data::{BatchSampler, SamplerState};
 use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
-use crate::argmin_glue::{HfState, hf_problem, param_device};
+use crate::argmin_glue::{HfState, param_device};
 use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
-use crate::minibatch::{SamplerFields, next_batch_loss_and_grad, restore_sampler, start_sampler};
+use crate::minibatch::{
+    BatchStep, SamplerFields, next_step, restore_sampler, start_sampler, step_size_kv,
+};
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel};
 use crate::schedule::LrSchedule;
@@ -149,20 +151,15 @@ impl Solver<HfProblem, HfState> for Adam {
         problem: &mut Problem<HfProblem>,
         mut state: HfState,
     ) -> Result<(HfState, Option<KV>), argmin::core::Error> {
-        let prob = hf_problem(problem)?;
-        let w = state
-            .take_param()
-            .ok_or_else(|| SolverError::Argmin("state lost its parameters".into()))?
-            .0;
-        let sampler = self
-            .sampler
-            .as_mut()
-            .ok_or_else(|| SolverError::Argmin("Adam was not initialised".into()))?;
-        let lr = self
-            .config
-            .schedule
-            .lr(self.config.learning_rate, self.steps);
-        let (loss, g) = next_batch_loss_and_grad(prob, &w, sampler, self.steps + 1, lr)?;
+        let BatchStep { w, lr, loss, g } = next_step(
+            problem,
+            &mut state,
+            self.sampler.as_mut(),
+            "Adam",
+            &self.config.schedule,
+            self.config.learning_rate,
+            self.steps,
+        )?;
         let AdamConfig {
             beta1, beta2, eps, ..
         } = self.config;
@@ -184,8 +181,7 @@ impl Solver<HfProblem, HfState> for Adam {
         let w_new = vec::axpy(&w, -lr / bias1, &(&m / &denom)?)?;
         self.moments = Some((m, v));
         self.steps = t;
-        // As SGD: the rate goes into the trace only when it changes.
-        let kv = (!self.config.schedule.is_constant()).then(|| kv!("step_size" => lr;));
+        let kv = step_size_kv(&self.config.schedule, lr);
         Ok((state.param(Params(w_new)).cost(loss), kv))
     }
 }

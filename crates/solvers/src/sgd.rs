@@ -9,12 +9,12 @@ use hessfree_data::{BatchSampler, SamplerState};
 use hessfree_model::linop::vec;
 use serde::{Deserialize, Serialize};
 
-use crate::argmin_glue::{HfState, hf_problem, param_device};
+use crate::argmin_glue::{HfState, param_device};
 use crate::argmin_params::Params;
 use crate::checkpoint::{Snapshot, SolverState};
 use crate::error::{Result, SolverError};
 pub use crate::minibatch::SamplerFields;
-use crate::minibatch::{next_batch_loss_and_grad, restore_sampler, start_sampler};
+use crate::minibatch::{BatchStep, next_step, restore_sampler, start_sampler, step_size_kv};
 use crate::problem::HfProblem;
 use crate::run::{Resumable, RunLabel};
 use crate::schedule::LrSchedule;
@@ -142,20 +142,15 @@ impl Solver<HfProblem, HfState> for Sgd {
         problem: &mut Problem<HfProblem>,
         mut state: HfState,
     ) -> Result<(HfState, Option<KV>), argmin::core::Error> {
-        let prob = hf_problem(problem)?;
-        let w = state
-            .take_param()
-            .ok_or_else(|| SolverError::Argmin("state lost its parameters".into()))?
-            .0;
-        let sampler = self
-            .sampler
-            .as_mut()
-            .ok_or_else(|| SolverError::Argmin("SGD was not initialised".into()))?;
-        let lr = self
-            .config
-            .schedule
-            .lr(self.config.learning_rate, self.steps);
-        let (loss, g) = next_batch_loss_and_grad(prob, &w, sampler, self.steps + 1, lr)?;
+        let BatchStep { w, lr, loss, g } = next_step(
+            problem,
+            &mut state,
+            self.sampler.as_mut(),
+            "SGD",
+            &self.config.schedule,
+            self.config.learning_rate,
+            self.steps,
+        )?;
         let mu = self.config.momentum;
         let buf = match &self.velocity {
             Some(v) if mu > 0.0 => vec::axpy(&g, mu, v)?,
@@ -171,9 +166,7 @@ impl Solver<HfProblem, HfState> for Sgd {
             self.velocity = Some(buf);
         }
         self.steps += 1;
-        // A constant rate is in the settings already, and leaving it out
-        // keeps the traces of unscheduled runs as they were.
-        let kv = (!self.config.schedule.is_constant()).then(|| kv!("step_size" => lr;));
+        let kv = step_size_kv(&self.config.schedule, lr);
         Ok((state.param(Params(w_new)).cost(loss), kv))
     }
 }

@@ -27,15 +27,25 @@ pub struct CompareArgs {
     /// Martens runs it; use with --curvature ggn), trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2,
     /// laplace, seed, curvature_dtype, lr (SGD, Adam), damping (Newton-CG, hf),
-    /// hessian_batch (dense Newton) or max_time for that run.
+    /// hessian_batch (dense Newton) or max_time for that run. One override
+    /// may list values, `adam@lr=1e-4|1e-3`: a grid whose points each get
+    /// --grid-time, the best then continued to --max-time.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
     pub optimizers: String,
-    /// softmax, softmax-nobias, or mlp:W1[,W2...]
+    /// softmax, softmax-nobias, mlp:W1[,W2...], mlp:W1:ACT1[,W2:ACT2...]
+    /// or autoencoder:W1[,W2...],CODE (Martens' deep autoencoder: logistic
+    /// layers, a linear code, the mirrored decoder, logistic outputs).
     #[arg(long, default_value = "softmax")]
     pub model: String,
-    /// Hidden activation for MLPs: tanh, relu, softplus.
+    /// Hidden activation for MLP layers that name none: logistic, tanh,
+    /// relu, softplus, linear.
     #[arg(long, default_value = "tanh")]
     pub activation: String,
+    /// The loss: softmax-cross-entropy, sigmoid-cross-entropy or
+    /// squared-error (default: the model's own, softmax cross-entropy for
+    /// classifiers, sigmoid cross-entropy for autoencoders).
+    #[arg(long)]
+    pub loss: Option<String>,
     /// L2 penalty (lam/2)·||W||² on weights (not biases).
     #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
     pub l2: f64,
@@ -57,6 +67,17 @@ pub struct CompareArgs {
     /// Solver-time budget per optimiser, in seconds.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub max_time: Option<f64>,
+    /// Solver-time budget of each point of a grid (`lr=A|B|C`), in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 180.0,
+        allow_negative_numbers = true
+    )]
+    pub grid_time: f64,
+    /// Why this problem was chosen: a paragraph printed at the top of the report.
+    #[arg(long, value_name = "TEXT")]
+    pub rationale: Option<String>,
     /// Stop when the gradient norm falls below this (0 = never).
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
     pub grad_tol: f64,
@@ -251,6 +272,7 @@ impl CompareArgs {
                 x_storage: self.x_storage.clone(),
                 simd,
                 cuda_blocks,
+                loss: self.loss.clone(),
             },
             sgd: SgdConfig {
                 learning_rate: self.sgd_lr,
@@ -293,6 +315,7 @@ impl CompareArgs {
             sgd_steps: self.sgd_steps,
             sgd_eval_every: self.sgd_eval_every,
             max_time: self.max_time,
+            grid_time: self.grid_time,
         })
     }
 }
@@ -314,6 +337,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         seed: args.seed,
         dtype: args.dtype.clone(),
         interrupt: interrupt.clone(),
+        rationale: args.rationale.clone(),
     };
     {
         let flag = interrupt.clone();

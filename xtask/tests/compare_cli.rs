@@ -258,3 +258,167 @@ fn two_runs_give_identical_traces() {
     assert!(a.len() > 10);
     assert_eq!(a, b);
 }
+
+/// An autoencoder with an Adam learning-rate grid: the grid's points are in
+/// their table, the best one is continued to the full budget (its trace
+/// goes on from the point's), the report carries reconstruction errors and
+/// the reconstruction picture, and `report --check` regenerates it.
+#[test]
+fn autoencoder_with_a_grid_reports_reconstruction_errors() {
+    let data = common::dataset();
+    let out = data.path().join("ae");
+    let res = xtask(&[
+        "compare",
+        "--model",
+        "autoencoder:16,4",
+        "--init",
+        "sparse",
+        "--curvature",
+        "ggn",
+        "--optimizers",
+        "adam@lr=1e-3|1e-2,hf@curvature_batch=50",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sgd-steps",
+        "1000000",
+        "--sgd-eval-every",
+        "10",
+        "--max-iters",
+        "2",
+        "--grid-time",
+        "0.3",
+        "--max-time",
+        "1",
+        "--grad-tol",
+        "0",
+        "--dtype",
+        "f64",
+        "--rationale",
+        "a small shape for the test",
+    ]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "compare failed: {stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let runs = summary["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(&names[..2], ["adam@lr=1e-3", "adam@lr=1e-2"]);
+    assert!(names[2].ends_with("(best of grid)"), "{names:?}");
+    assert_eq!(names[3], "hf@curvature_batch=50");
+    for r in runs {
+        assert!(
+            r.get("test_accuracy").is_none(),
+            "an autoencoder has no accuracy"
+        );
+        let train = r["train_error"].as_f64().unwrap();
+        let test = r["test_error"].as_f64().unwrap();
+        // 784 pixels in [0, 1]: the error per case is at most 784.
+        assert!(
+            train > 0.0 && train < 784.0 && test > 0.0 && test < 784.0,
+            "{r}"
+        );
+    }
+    assert_eq!(runs[0]["grid"], "adam@lr=1e-3|1e-2");
+    assert_eq!(runs[2]["best_of"], "adam@lr=1e-3|1e-2");
+    // The continued run is the chosen point's run, carried on: its
+    // settings are the point's and its trace starts with the point's.
+    let best = runs[2]["name"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(" (best of grid)");
+    let point = runs.iter().position(|r| r["name"] == best).unwrap();
+    assert_eq!(runs[2]["settings"], runs[point]["settings"]);
+    let point_objective = runs[point]["final_objective"].as_f64().unwrap();
+    let other = runs[1 - point]["final_objective"].as_f64().unwrap();
+    assert!(
+        point_objective <= other,
+        "the best point has the lowest objective"
+    );
+    assert!(runs[2]["iterations"].as_u64() > runs[point]["iterations"].as_u64());
+    let csv = std::fs::read_to_string(out.join("trace.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",train_error,test_error")
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "## Why this problem\n\na small shape for the test",
+        "## Learning-rate grids",
+        "train error",
+        "reconstructions.png",
+        "train_error_vs_time.svg",
+        "test_error_vs_passes.svg",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle:?}");
+    }
+    assert!(!md.contains("test_accuracy_vs_time.svg"));
+    assert!(out.join("reconstructions.png").is_file());
+    let check = xtask(&["report", "--check", out.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "report --check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn bad_grids_and_losses_are_refused_before_any_work() {
+    let data = common::dataset();
+    let dir = data.path().to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--optimizers", "adam@lr=1e-3|1e-2"],
+            "set one with --max-time",
+        ),
+        (
+            vec![
+                "--optimizers",
+                "adam@lr=1e-3|1e-2;seed=1|2",
+                "--max-time",
+                "9",
+            ],
+            "only one override may list alternatives",
+        ),
+        (
+            vec!["--optimizers", "adam@lr=1e-3|", "--max-time", "9"],
+            "two or more non-empty values",
+        ),
+        (
+            vec![
+                "--optimizers",
+                "adam@lr=1e-3|1e-2",
+                "--max-time",
+                "9",
+                "--grid-time",
+                "10",
+            ],
+            "exceeds the full budget",
+        ),
+        (vec!["--optimizers", "sgd,sgd"], "names the run `sgd` twice"),
+        (
+            vec![
+                "--model",
+                "autoencoder:16,4",
+                "--loss",
+                "softmax-cross-entropy",
+            ],
+            "does not fit the output layer",
+        ),
+        (vec!["--loss", "hinge"], "unknown loss `hinge`"),
+        (vec!["--model", "mlp:99999999999"], "bytes available"),
+    ] {
+        let out = data.path().join("never");
+        let mut full = vec!["compare", "--data-dir", dir, "--out", out.to_str().unwrap()];
+        full.extend(args.iter().copied());
+        let res = xtask(&full);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}

@@ -24,6 +24,23 @@ pub fn dense_hessian_bytes(dim: usize, elem_bytes: usize) -> u64 {
 /// for one measurement does not lose the process's lifetime peak.
 static PEAK_BEFORE_RESETS: AtomicU64 = AtomicU64::new(0);
 
+/// The memory the machine can still give a process (`MemAvailable` in
+/// `/proc/meminfo`, which counts reclaimable caches); `None` where it
+/// cannot be read. Used to refuse a model too big for the machine before
+/// allocating it.
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Resident and peak-resident memory of this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcMemory {

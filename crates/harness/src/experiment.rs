@@ -1,6 +1,7 @@
 //! One optimisation problem on a data set, ready to run any [`Method`] on:
 //! the model, the full-batch training objective, its curvature sample and
-//! the test set for accuracy. The harness builds one per run and never
+//! the test set it is scored on (accuracy for a classifier, reconstruction
+//! error for an autoencoder). The harness builds one per run and never
 //! touches the model or the data itself.
 
 use std::sync::Arc;
@@ -9,12 +10,12 @@ use candle_core::{DType, Device, Tensor};
 use hessfree_data::{Dataset, subsample_indices};
 use hessfree_model::fused::{SimdLevel, XStorage};
 use hessfree_model::{
-    Batches, CastObjective, CurvatureKind, Init, KernelChoice, KernelOptions, Model, ModelSpec,
-    Objective, Penalty, objective_with,
+    Batches, CastObjective, CurvatureKind, Init, KernelChoice, KernelOptions, LossChoice, Model,
+    ModelSpec, Objective, Penalty, objective_with_loss,
 };
 use serde::{Deserialize, Serialize};
 
-use hessfree_solvers::{Evaluator, HfProblem, Result, RunOptions, RunOutput, SolverError};
+use hessfree_solvers::{Evaluator, HfProblem, Result, RunOptions, RunOutput, Scores, SolverError};
 
 use crate::method::{Method, run};
 
@@ -50,6 +51,10 @@ pub struct ProblemSpec {
     /// Thread blocks of the CUDA kernels; `None`: twice the multiprocessors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_blocks: Option<usize>,
+    /// The loss (`--loss`); `None`: the model's natural one (softmax
+    /// cross-entropy for classifiers, sigmoid cross-entropy for autoencoders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
 }
 
 fn auto() -> String {
@@ -77,6 +82,7 @@ impl Default for ProblemSpec {
             x_storage: auto(),
             simd: auto(),
             cuda_blocks: None,
+            loss: None,
         }
     }
 }
@@ -101,6 +107,7 @@ pub struct Parsed {
     pub dtype: DType,
     pub curvature_dtype: DType,
     pub kernels: KernelOptions,
+    pub loss: Option<LossChoice>,
 }
 
 impl ProblemSpec {
@@ -110,6 +117,11 @@ impl ProblemSpec {
         let model = ModelSpec::parse(&self.model, activation)?;
         let init = self.init.parse()?;
         let curvature = self.curvature.parse()?;
+        let loss = self
+            .loss
+            .as_deref()
+            .map(str::parse::<LossChoice>)
+            .transpose()?;
         let dtype = parse_dtype(&self.dtype, "dtype")?;
         let curvature_dtype = match &self.curvature_dtype {
             Some(d) => parse_dtype(d, "curvature dtype")?,
@@ -156,6 +168,7 @@ impl ProblemSpec {
             dtype,
             curvature_dtype,
             kernels,
+            loss,
         })
     }
 }
@@ -181,7 +194,42 @@ const CHUNK_ROWS: usize = 10_000;
 /// Rows per chunk when computing accuracies.
 const EVAL_CHUNK: usize = 10_000;
 
+/// Refuses a model whose working set cannot fit in the memory this machine
+/// has left, before allocating any of it (`--model mlp:99999999999` once
+/// died on a failed allocation of 318 TB).
+fn check_memory(model: &Model, dtype: DType) -> Result<()> {
+    let need = model.working_bytes(CHUNK_ROWS, dtype.size_in_bytes());
+    if let Some(have) = hessfree_analysis::memory::available_bytes()
+        && need > have
+    {
+        return Err(SolverError::Config(format!(
+            "`{}` ({} parameters) needs at least {need} bytes for its parameters, the \
+             solvers' vectors and one chunk of {CHUNK_ROWS} rows of activations, but this \
+             machine has {have} bytes available; expected a smaller model",
+            model.spec(),
+            model.layout().len()
+        )));
+    }
+    Ok(())
+}
+
 impl Experiment {
+    /// Everything [`Self::prepare`] refuses, checked without allocating:
+    /// the spec's fields, the model, its loss and its memory.
+    pub fn check(spec: &ProblemSpec, train: &Dataset) -> Result<()> {
+        let parsed = spec.parse(train.rows, train.cols)?;
+        let model = Model::new(
+            parsed.model,
+            train.pixels_per_image(),
+            train.classes as usize,
+        )?;
+        model.loss(parsed.loss)?;
+        check_memory(&model, parsed.dtype)
+    }
+
+    /// Builds the problem `spec` on the data: the model (refused before
+    /// any allocation when it cannot fit the memory), its objective and
+    /// the tensors on `device`.
     pub fn prepare(
         spec: ProblemSpec,
         train: &Dataset,
@@ -194,14 +242,23 @@ impl Experiment {
             train.pixels_per_image(),
             train.classes as usize,
         )?;
+        model.loss(parsed.loss)?;
+        check_memory(&model, parsed.dtype)?;
         let tr = train.to_tensors(device, parsed.dtype)?;
         let te = test.to_tensors(device, parsed.dtype)?;
+        // An autoencoder's targets are its inputs, not the labels.
         let objective_on = |images: &Tensor, one_hot: &Tensor| -> Result<Arc<dyn Objective>> {
-            Ok(objective_with(
+            let batches = if model.is_autoencoder() {
+                Batches::reconstruction(images, CHUNK_ROWS)?
+            } else {
+                Batches::new(images, one_hot, CHUNK_ROWS)?
+            };
+            Ok(objective_with_loss(
                 &model,
-                Batches::new(images, one_hot, CHUNK_ROWS)?,
+                batches,
                 parsed.penalties.clone(),
                 &parsed.kernels,
+                parsed.loss,
             )?)
         };
         let objective = objective_on(&tr.images, &tr.one_hot)?;
@@ -262,28 +319,54 @@ impl Experiment {
         ))
     }
 
+    /// A classifier's test accuracy (an error for an autoencoder).
     pub fn test_accuracy(&self, w: &Tensor) -> Result<f64> {
         Ok(self
             .model
             .accuracy(w, &self.test_x, &self.test_labels, EVAL_CHUNK)?)
     }
 
+    /// A classifier's training accuracy (an error for an autoencoder).
     pub fn train_accuracy(&self, w: &Tensor) -> Result<f64> {
         Ok(self
             .model
             .accuracy(w, &self.train_x, &self.train_labels, EVAL_CHUNK)?)
     }
 
-    /// An evaluator for the trace (test accuracy every few records).
+    /// What the trace records about `w`: the test accuracy of a
+    /// classifier; the training and test reconstruction errors of an
+    /// autoencoder (a forward pass over both sets).
+    pub fn scores(&self, w: &Tensor) -> Result<Scores> {
+        if self.model.is_autoencoder() {
+            Ok(Scores {
+                train_error: Some(
+                    self.model
+                        .reconstruction_error(w, &self.train_x, EVAL_CHUNK)?,
+                ),
+                test_error: Some(
+                    self.model
+                        .reconstruction_error(w, &self.test_x, EVAL_CHUNK)?,
+                ),
+                ..Scores::default()
+            })
+        } else {
+            Ok(Scores {
+                test_accuracy: Some(self.test_accuracy(w)?),
+                ..Scores::default()
+            })
+        }
+    }
+
+    /// An evaluator for the trace ([`Self::scores`] every few records).
     pub fn evaluator(self: &Arc<Self>) -> Evaluator {
         let me = self.clone();
-        Arc::new(move |w: &Tensor| me.test_accuracy(w))
+        Arc::new(move |w: &Tensor| me.scores(w))
     }
 
     /// Runs one method from the problem's initial point.
     pub fn run(self: &Arc<Self>, method: &Method, mut opts: RunOptions) -> Result<RunOutput> {
-        if opts.test_accuracy.is_none() {
-            opts.test_accuracy = Some(self.evaluator());
+        if opts.scores.is_none() {
+            opts.scores = Some(self.evaluator());
         }
         run(
             method,

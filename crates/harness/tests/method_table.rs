@@ -503,6 +503,7 @@ fn run_defaults(curvature_batch: Option<usize>, hessian_fraction: f64) -> RunDef
         sgd_steps: 10,
         sgd_eval_every: 5,
         max_time: None,
+        grid_time: 180.0,
     }
 }
 

@@ -41,7 +41,7 @@ pub use cast::CastObjective;
 pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use error::{ModelError, Result};
 pub use linop::{Damped, LinOp, Sum};
-pub use loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};
+pub use loss::{Loss, LossChoice, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};
 pub use mlp::MlpObjective;
 pub use model::{Activation, Hidden, Init, Model, ModelSpec};
 pub use objective::{Batches, CurvatureKind, Objective};
@@ -71,6 +71,19 @@ pub fn objective_with(
     penalties: Vec<Penalty>,
     kernels: &KernelOptions,
 ) -> Result<Arc<dyn Objective>> {
+    objective_with_loss(model, data, penalties, kernels, None)
+}
+
+/// [`objective_with`] with the loss `loss` (checked by [`Model::loss`];
+/// `None`: the model's natural loss).
+pub fn objective_with_loss(
+    model: &Model,
+    data: Batches,
+    penalties: Vec<Penalty>,
+    kernels: &KernelOptions,
+    loss: Option<LossChoice>,
+) -> Result<Arc<dyn Objective>> {
+    let loss = model.loss(loss)?;
     Ok(match model.spec() {
         ModelSpec::Softmax { .. } => Arc::new(SoftmaxObjective::with_options(
             model.clone(),
@@ -80,7 +93,7 @@ pub fn objective_with(
         )?),
         ModelSpec::Mlp { .. } | ModelSpec::Autoencoder { .. } => Arc::new(
             MlpObjective::with_storage(model.clone(), data, penalties, kernels.storage)?
-                .with_loss(model.natural_loss()),
+                .with_loss(loss),
         ),
     })
 }

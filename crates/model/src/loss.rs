@@ -116,6 +116,48 @@ impl Loss for SquaredError {
     }
 }
 
+/// A loss named on the command line (`--loss`), before it is checked
+/// against a model's output layer ([`crate::Model::loss`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossChoice {
+    /// [`SoftmaxCrossEntropy`].
+    SoftmaxCrossEntropy,
+    /// [`SigmoidCrossEntropy`].
+    SigmoidCrossEntropy,
+    /// [`SquaredError`].
+    SquaredError,
+}
+
+impl LossChoice {
+    /// The names [`LossChoice::from_str`](std::str::FromStr) accepts.
+    pub const CHOICES: &'static str = "softmax-cross-entropy, sigmoid-cross-entropy, squared-error";
+
+    /// The loss itself.
+    pub fn build(self) -> std::sync::Arc<dyn Loss> {
+        match self {
+            Self::SoftmaxCrossEntropy => std::sync::Arc::new(SoftmaxCrossEntropy),
+            Self::SigmoidCrossEntropy => std::sync::Arc::new(SigmoidCrossEntropy),
+            Self::SquaredError => std::sync::Arc::new(SquaredError),
+        }
+    }
+}
+
+impl std::str::FromStr for LossChoice {
+    type Err = crate::ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "softmax-cross-entropy" | "softmax-ce" => Ok(Self::SoftmaxCrossEntropy),
+            "sigmoid-cross-entropy" | "sigmoid-ce" => Ok(Self::SigmoidCrossEntropy),
+            "squared-error" => Ok(Self::SquaredError),
+            other => Err(crate::ModelError::Spec(format!(
+                "unknown loss `{other}`; expected one of: {}",
+                Self::CHOICES
+            ))),
+        }
+    }
+}
+
 /// The summed loss as an `f64`, from [`Loss::sum`].
 pub fn sum_f64(loss: &dyn Loss, z: &Tensor, y: &Tensor) -> Result<f64> {
     Ok(loss

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::error::{ModelError, Result};
-use crate::loss::{Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy};
+use crate::loss::{Loss, LossChoice, SigmoidCrossEntropy, SoftmaxCrossEntropy};
 use crate::params::{ParamKind, ParamLayout};
 
 /// A hidden-layer nonlinearity. Each knows its first and second derivative,
@@ -357,6 +357,21 @@ impl Model {
         let mut widths = vec![inputs];
         widths.extend(hidden.iter().map(|h| h.width));
         widths.push(classes);
+        // A width typed with a few digits too many must be an error, not an
+        // overflowed size or a failed allocation.
+        let too_big = || {
+            ModelError::Spec(format!(
+                "`{spec}` has more parameters than a 64-bit size can count; \
+                 expected widths whose products fit"
+            ))
+        };
+        widths.windows(2).try_fold(0usize, |total, pair| {
+            pair[0]
+                .checked_add(1)
+                .and_then(|fan_in| fan_in.checked_mul(pair[1]))
+                .and_then(|layer| layer.checked_add(total))
+                .ok_or_else(too_big)
+        })?;
         let bias_everywhere = !matches!(spec, ModelSpec::Softmax { bias: false });
         let mut entries = Vec::new();
         for (l, pair) in widths.windows(2).enumerate() {
@@ -429,6 +444,64 @@ impl Model {
         } else {
             Arc::new(SoftmaxCrossEntropy)
         }
+    }
+
+    /// The loss `choice` if it fits the output layer, else
+    /// [`Self::natural_loss`] when `choice` is `None`. Refused: a softmax
+    /// over an autoencoder's pixels (they are 784 separate targets in
+    /// `[0, 1]`, not one distribution) and, for an autoencoder, squared
+    /// error (its outputs are logistic units, whose matching loss is the
+    /// sigmoid cross-entropy); any loss but softmax cross-entropy on
+    /// softmax regression, whose closed-form kernels compute that one.
+    pub fn loss(&self, choice: Option<LossChoice>) -> Result<Arc<dyn Loss>> {
+        let Some(choice) = choice else {
+            return Ok(self.natural_loss());
+        };
+        let fits = match (&self.spec, choice) {
+            (ModelSpec::Softmax { .. }, c) => c == LossChoice::SoftmaxCrossEntropy,
+            (ModelSpec::Mlp { .. }, _) => true,
+            (ModelSpec::Autoencoder { .. }, c) => c == LossChoice::SigmoidCrossEntropy,
+        };
+        if !fits {
+            let expected = match self.spec {
+                ModelSpec::Softmax { .. } => {
+                    "softmax regression takes softmax-cross-entropy only (use an mlp for another loss)"
+                }
+                ModelSpec::Autoencoder { .. } => {
+                    "an autoencoder's logistic outputs take sigmoid-cross-entropy against its inputs"
+                }
+                ModelSpec::Mlp { .. } => unreachable!("an mlp's linear outputs take every loss"),
+            };
+            return Err(ModelError::Spec(format!(
+                "the loss `{}` does not fit the output layer of `{}`: {expected}",
+                choice.build().name(),
+                self.spec
+            )));
+        }
+        Ok(choice.build())
+    }
+
+    /// A lower bound on the bytes a run of this model holds at once: the
+    /// parameters and the dozen parameter-sized vectors a solver keeps
+    /// (gradient, CG's four vectors and saved iterates, Adam's moments),
+    /// plus the activations, their derivatives and the R-operator's
+    /// tangents for one chunk of `chunk_rows` rows. A harness compares it
+    /// with the memory the machine has before it allocates anything.
+    pub fn working_bytes(&self, chunk_rows: usize, elem_bytes: usize) -> u64 {
+        const PARAM_COPIES: u64 = 12;
+        const PER_UNIT_COPIES: u64 = 6;
+        let params = self.layout.len() as u64;
+        let units: u64 = std::iter::once(self.inputs)
+            .chain(self.hidden.iter().map(|h| h.width))
+            .chain(std::iter::once(self.classes))
+            .map(|w| w as u64)
+            .sum();
+        let elem = elem_bytes as u64;
+        params.saturating_mul(PARAM_COPIES * elem).saturating_add(
+            units
+                .saturating_mul(chunk_rows as u64)
+                .saturating_mul(PER_UNIT_COPIES * elem),
+        )
     }
 
     /// `(W, Option<b>)` views per layer.
@@ -514,7 +587,7 @@ impl Model {
         let chunk = chunk.max(1);
         for start in (0..n).step_by(chunk) {
             let xs = x.narrow(0, start, chunk.min(n - start))?;
-            let out = sigmoid(&self.logits(w, &xs)?)?;
+            let out = self.reconstruction(w, &xs)?;
             total += (out - &xs)?
                 .sqr()?
                 .sum_all()?
@@ -522,6 +595,12 @@ impl Model {
                 .to_scalar::<f64>()?;
         }
         Ok(total / n as f64)
+    }
+
+    /// An autoencoder's reconstruction of `x`: its logistic outputs
+    /// `σ(logits)`, in `[0, 1]` like the inputs.
+    pub fn reconstruction(&self, w: &Tensor, x: &Tensor) -> Result<Tensor> {
+        sigmoid(&self.logits(w, x)?)
     }
 
     /// A starting point. Biases always start at zero; weights follow `init`.

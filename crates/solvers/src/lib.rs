@@ -40,5 +40,5 @@ pub use run::{
 pub use schedule::{Decay, LrSchedule};
 pub use sgd::{Sgd, SgdConfig};
 pub use stop::{StopReason, StopRules};
-pub use trace::{Counters, Counts, TraceRecord};
+pub use trace::{Counters, Counts, Scores, TraceRecord};
 pub use trust_region::{TrustRegionConfig, TrustRegionNewtonCg};

@@ -25,10 +25,10 @@ use crate::checkpoint::{Snapshot, SnapshotMeta, SolverState};
 use crate::error::{Result, SolverError};
 use crate::problem::HfProblem;
 use crate::stop::{StopReason, StopRules};
-use crate::trace::{Counts, TraceRecord};
+use crate::trace::{Counts, Scores, TraceRecord};
 
-/// Test accuracy (or any score) of a parameter vector, for the trace.
-pub type Evaluator = Arc<dyn Fn(&Tensor) -> Result<f64> + Send + Sync>;
+/// Scores a parameter vector for the trace (test accuracy, reconstruction errors).
+pub type Evaluator = Arc<dyn Fn(&Tensor) -> Result<Scores> + Send + Sync>;
 /// Called with every new trace record (progress bars, logs).
 pub type OnRecord = Arc<dyn Fn(&TraceRecord) + Send + Sync>;
 
@@ -39,10 +39,10 @@ pub struct RunOptions {
     pub stop: StopRules,
     /// Record a trace row every this many iterations (0 or 1: every one).
     pub trace_every: u64,
-    /// Evaluate the test accuracy on every this many recorded iterations.
+    /// Evaluate the scores on every this many recorded iterations.
     pub test_every: u64,
-    /// Scores the parameters for the trace; `None` leaves `test_accuracy` empty.
-    pub test_accuracy: Option<Evaluator>,
+    /// Scores the parameters for the trace; `None` leaves the scores empty.
+    pub scores: Option<Evaluator>,
     /// Called with every trace row as it is recorded.
     pub on_record: Option<OnRecord>,
     /// Set to stop the run at the next iteration boundary (Ctrl-C).
@@ -287,9 +287,9 @@ impl<S> Tracked<S> {
             }
         };
         let test_every = self.opts.test_every.max(1);
-        let test_accuracy = match &self.opts.test_accuracy {
-            Some(eval) if self.records.is_multiple_of(test_every) => Some(eval(&w.0)?),
-            _ => None,
+        let scores = match &self.opts.scores {
+            Some(eval) if self.records.is_multiple_of(test_every) => eval(&w.0)?,
+            _ => Scores::default(),
         };
         let counts = prob.counters().snapshot();
         let get = |key: &str| kv.and_then(|kv| kv.get(key)).and_then(|v| v.get_float());
@@ -298,7 +298,9 @@ impl<S> Tracked<S> {
             wall_seconds: self.solver_time.as_secs_f64(),
             objective,
             grad_norm,
-            test_accuracy,
+            test_accuracy: scores.test_accuracy,
+            train_error: scores.train_error,
+            test_error: scores.test_error,
             grad_evals: counts.grad_evals,
             loss_evals: counts.loss_evals,
             hvp_evals: counts.hvp_evals,

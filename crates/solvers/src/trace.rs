@@ -15,9 +15,17 @@ pub struct TraceRecord {
     pub objective: f64,
     /// `‖∇f‖₂` of the full-batch objective.
     pub grad_norm: f64,
-    /// The [`RunOptions::test_accuracy`](crate::RunOptions::test_accuracy)
-    /// score, on every `test_every`-th row and `None` on the others.
+    /// A classifier's test accuracy from the
+    /// [`RunOptions::scores`](crate::RunOptions::scores) evaluator, on every
+    /// `test_every`-th row and `None` on the others.
     pub test_accuracy: Option<f64>,
+    /// An autoencoder's training reconstruction error (squared error per
+    /// case), when the evaluator measures one; rows as `test_accuracy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_error: Option<f64>,
+    /// An autoencoder's test reconstruction error; rows as `test_accuracy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_error: Option<f64>,
     /// Gradient evaluations so far (with or without the loss).
     pub grad_evals: u64,
     /// Loss-only evaluations so far (line searches, acceptance tests).
@@ -35,6 +43,21 @@ pub struct TraceRecord {
     /// The step taken: a line search's `α` (0 for a rejected Newton-CG step),
     /// or SGD's and Adam's scheduled rate.
     pub step_size: Option<f64>,
+}
+
+/// What a trace's evaluator measures on a parameter vector, beyond the
+/// objective the solver minimises: what a reader judges the model by.
+/// Classifiers fill `test_accuracy`, autoencoders the two reconstruction
+/// errors (Martens' squared error per case), since an autoencoder's loss
+/// (sigmoid cross-entropy) is not the figure its literature reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Scores {
+    /// Fraction of test rows classified correctly.
+    pub test_accuracy: Option<f64>,
+    /// Reconstruction error on the training set.
+    pub train_error: Option<f64>,
+    /// Reconstruction error on the test set.
+    pub test_error: Option<f64>,
 }
 
 /// Cost counters shared by the problem and its curvature operators.

@@ -52,6 +52,8 @@ fn record(iter: u64) -> TraceRecord {
         objective: std::f64::consts::LN_10 / (1.0 + iter as f64),
         grad_norm: 0.1 / (1.0 + iter as f64),
         test_accuracy: Some(0.1 * iter as f64),
+        train_error: None,
+        test_error: None,
         grad_evals: iter + 1,
         loss_evals: 2 * iter,
         hvp_evals: 10 * iter,

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +13,8 @@ use hessfree_analysis::memory::ProcMemory;
 use hessfree_data::{MNIST_CLASSES, load_dir, resolve_data_dir};
 use hessfree_report::{WeightGrid, ensure_dir, split_columns};
 use hessfree_solvers::{
-    CheckpointSink, Checkpointing, OnRecord, RunOptions, StopReason, StopRules, checkpoint,
+    CheckpointSink, Checkpointing, OnRecord, RunOptions, Snapshot, StopReason, StopRules,
+    checkpoint,
 };
 
 use crate::experiment::{Experiment, ProblemSpec};
@@ -21,7 +23,7 @@ use crate::provenance;
 pub mod plan;
 pub mod report;
 
-pub use plan::{NewtonSettings, PlannedRun, RunDefaults, plan};
+pub use plan::{GridPoint, NewtonSettings, PlannedRun, RunDefaults, plan};
 pub use report::{CompareReport, CompareSummary, DatasetInfo, Host, RunSummary};
 
 /// A comparison, every setting parsed and checked.
@@ -45,6 +47,8 @@ pub struct CompareJob {
     /// Set by the caller (Ctrl-C) to stop the current run at its next
     /// iteration and write the report for the runs so far.
     pub interrupt: Arc<AtomicBool>,
+    /// Why the problem was chosen, printed at the top of the report.
+    pub rationale: Option<String>,
 }
 
 /// What a run reports while it runs: its trace records, then its end.
@@ -120,6 +124,312 @@ fn problem_label(spec: &ProblemSpec) -> String {
     s
 }
 
+/// Test digits shown in an autoencoder report's reconstruction picture.
+const RECONSTRUCTED_DIGITS: usize = 10;
+const RECONSTRUCTIONS_FILE: &str = "reconstructions.png";
+
+/// One run's results, ready for the report.
+struct Finished {
+    summary: RunSummary,
+    trace: Vec<hessfree_solvers::TraceRecord>,
+    /// The weight-image file and its columns.
+    image: Option<(String, Vec<Vec<f32>>)>,
+    /// The weights file, its model and the final parameters.
+    weights: Option<(String, hessfree_model::Model, candle_core::Tensor)>,
+    /// An autoencoder's reconstructions of the first test digits, as
+    /// grey levels.
+    reconstruction: Option<Vec<u8>>,
+}
+
+/// The checkpoint `--resume` holds for `label`, if any.
+fn resume_from(job: &CompareJob, label: &str) -> Result<Option<Arc<Snapshot>>> {
+    let Some(dir) = &job.resume else {
+        return Ok(None);
+    };
+    let path = checkpoint_path(dir, label);
+    if path.exists() {
+        tracing::info!(run = %label, checkpoint = %path.display(), "resuming");
+        Ok(Some(Arc::new(checkpoint::read(&path)?)))
+    } else {
+        tracing::warn!(run = %label, checkpoint = %path.display(), "no checkpoint: starting afresh");
+        Ok(None)
+    }
+}
+
+/// Where a grid point keeps the last snapshot it can be continued from
+/// (its ordinary checkpoint ends as a finished one, which cannot).
+fn continuation_path(dir: &Path, label: &str) -> PathBuf {
+    dir.join("checkpoints")
+        .join(format!("{}.continue.ckpt", slug(label)))
+}
+
+/// Runs one planned run from `resume` (or its start). For a grid point,
+/// also returns the last unfinished snapshot, to continue the best point.
+fn execute(
+    job: &CompareJob,
+    p: &PlannedRun,
+    resume: Option<Arc<Snapshot>>,
+    splits: &hessfree_data::Splits,
+    device: &Device,
+    progress: &dyn Fn(&str, u64) -> RunProgress,
+) -> Result<(Finished, Option<Arc<Snapshot>>)> {
+    let stop = StopRules {
+        grad_tol: (job.grad_tol > 0.0).then_some(job.grad_tol),
+        max_iters: Some(p.max_iters),
+        max_seconds: p.max_time,
+        max_hvps: job.max_hvps,
+        max_data_passes: job.max_passes,
+        ..Default::default()
+    };
+    let experiment = Arc::new(
+        Experiment::prepare(p.spec.clone(), &splits.train, &splits.test, device)
+            .with_context(|| format!("preparing run `{}`", p.label))?,
+    );
+    let RunProgress { on_record, finish } = progress(&p.label, p.max_iters);
+    let latest: Arc<Mutex<Option<Arc<Snapshot>>>> = Arc::new(Mutex::new(None));
+    let disk = job
+        .checkpoint_every
+        .map(|_| checkpoint_path(&job.out, &p.label));
+    if let Some(dir) = disk.as_ref().and_then(|d| d.parent()) {
+        ensure_dir(dir)?;
+    }
+    let checkpoint = match (&p.grid, job.checkpoint_every) {
+        (Some(_), every) => {
+            // Every trace interval, so the best point continues from near
+            // its end; on disk too when checkpoints were asked for.
+            let keep = latest.clone();
+            let continuation = disk.as_ref().map(|_| continuation_path(&job.out, &p.label));
+            let disk = disk.clone();
+            let sink: CheckpointSink = Arc::new(move |snap| {
+                if snap.meta.finished.is_none() {
+                    if let Some(path) = &continuation {
+                        checkpoint::write_atomic(path, snap)?;
+                    }
+                    *keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snap.clone()));
+                }
+                match &disk {
+                    Some(path) => checkpoint::write_atomic(path, snap),
+                    None => Ok(()),
+                }
+            });
+            let every = every.map_or(p.trace_every, |e| e.min(p.trace_every)).max(1);
+            Some(Checkpointing { every, sink })
+        }
+        (None, Some(every)) => {
+            let path = disk.clone().expect("set with checkpoint_every");
+            let sink: CheckpointSink = Arc::new(move |snap| checkpoint::write_atomic(&path, snap));
+            Some(Checkpointing { every, sink })
+        }
+        (None, None) => None,
+    };
+    let opts = RunOptions {
+        checkpoint,
+        resume,
+        stop,
+        trace_every: p.trace_every,
+        test_every: 1,
+        scores: None,
+        on_record: Some(on_record),
+        interrupt: Some(job.interrupt.clone()),
+    };
+    ProcMemory::reset_peak();
+    tracing::info!(run = %p.label, "starting");
+    let out = experiment
+        .run(&p.method, opts)
+        .with_context(|| format!("run `{}`", p.label))?;
+    let peak = ProcMemory::read().map(|m| m.hwm_bytes);
+    finish(&out.stop);
+    let last = out.trace.last().cloned();
+    let (final_objective, final_grad_norm) = match &last {
+        Some(r) => (r.objective, r.grad_norm),
+        None => (f64::NAN, f64::NAN),
+    };
+    // Grid points are summarised in their table only: no pictures, no weights.
+    let (image, weights) = if p.grid.is_some() {
+        (None, None)
+    } else {
+        let slug = slug(&p.label);
+        let w0 = experiment
+            .model
+            .layout()
+            .view(&out.params, "layer0.weight")?;
+        let (fan_in, fan_out) = w0.dims2()?;
+        let w0: Vec<f32> = w0.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut columns = split_columns(&w0, fan_in, fan_out)?;
+        columns.truncate(32);
+        (
+            Some((format!("weights_{slug}.png"), columns)),
+            Some((
+                format!("weights_{slug}.safetensors"),
+                experiment.model.clone(),
+                out.params.clone(),
+            )),
+        )
+    };
+    let autoencoder = experiment.model.is_autoencoder();
+    let final_scores = experiment.scores(&out.params)?;
+    let (train_accuracy, test_accuracy) = if autoencoder {
+        (None, None)
+    } else {
+        (
+            Some(experiment.train_accuracy(&out.params)?),
+            final_scores.test_accuracy,
+        )
+    };
+    let reconstruction = if autoencoder && p.grid.is_none() {
+        Some(reconstruct_digits(&experiment, &out.params)?)
+    } else {
+        None
+    };
+    let summary = RunSummary {
+        name: p.label.clone(),
+        method: p.method.name().to_string(),
+        problem: problem_label(&p.spec),
+        settings: serde_json::to_value(&p.method)?,
+        stop_reason: out.stop.tag().to_string(),
+        stop_detail: out.stop.to_string(),
+        iterations: last.as_ref().map_or(0, |r| r.iter),
+        wall_seconds: out.solver_seconds,
+        final_objective,
+        final_grad_norm,
+        train_accuracy,
+        test_accuracy,
+        train_error: final_scores.train_error,
+        test_error: final_scores.test_error,
+        grad_evals: out.counts.grad_evals,
+        loss_evals: out.counts.loss_evals,
+        hvp_evals: out.counts.hvp_evals,
+        data_passes: out.counts.samples as f64 / splits.train.len() as f64,
+        peak_memory_bytes: peak,
+        hessian_bytes: out.extras.get("hessian_bytes").map(|b| *b as u64),
+        reference_test_accuracy: job.references.iter().find(|r| r.0 == p.label).map(|r| r.1),
+        extras: out.extras.clone(),
+        weights_image: image.as_ref().map(|i| i.0.clone()),
+        weights_file: weights.as_ref().map(|w| w.0.clone()),
+        kernel: Some(kernel_name(&experiment)),
+        grid: p.grid.as_ref().map(|g| g.grid.clone()),
+        best_of: None,
+    };
+    tracing::info!(run = %p.label, stop = %out.stop, seconds = out.solver_seconds, "finished");
+    let continue_from = latest.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok((
+        Finished {
+            summary,
+            trace: out.trace,
+            image,
+            weights,
+            reconstruction,
+        },
+        continue_from,
+    ))
+}
+
+/// After a grid's last point: continues the point with the lowest final
+/// objective to the full budget, from its own checkpoint when resuming,
+/// else from the point's last unfinished snapshot. `None` when no point
+/// ended with a finite objective.
+#[allow(clippy::too_many_arguments)]
+fn continue_best(
+    job: &CompareJob,
+    last: &PlannedRun,
+    point: &GridPoint,
+    points: Vec<(usize, Option<Arc<Snapshot>>)>,
+    done: &[Finished],
+    splits: &hessfree_data::Splits,
+    device: &Device,
+    progress: &dyn Fn(&str, u64) -> RunProgress,
+) -> Result<Option<Finished>> {
+    let best = points
+        .into_iter()
+        .filter(|(i, _)| {
+            let s = &done[*i].summary;
+            s.stop_reason != "failed" && s.final_objective.is_finite()
+        })
+        .min_by(|a, b| {
+            done[a.0]
+                .summary
+                .final_objective
+                .total_cmp(&done[b.0].summary.final_objective)
+        });
+    let Some((index, snapshot)) = best else {
+        tracing::warn!(grid = %point.grid, "no grid point ended with a finite objective");
+        return Ok(None);
+    };
+    let chosen = &done[index].summary;
+    let planned = job
+        .runs
+        .iter()
+        .find(|r| r.label == chosen.name)
+        .unwrap_or(last);
+    let full = PlannedRun {
+        label: format!("{} (best of grid)", planned.label),
+        max_time: Some(point.full_time),
+        grid: None,
+        ..planned.clone()
+    };
+    let on_disk = match &job.resume {
+        Some(dir) => {
+            let path = continuation_path(dir, &planned.label);
+            path.exists()
+                .then(|| checkpoint::read(&path).map(Arc::new))
+                .transpose()?
+        }
+        None => None,
+    };
+    let resume = match resume_from(job, &full.label)? {
+        Some(own) => Some(own),
+        None => snapshot.or(on_disk),
+    };
+    let (mut finished, _) = execute(job, &full, resume, splits, device, progress)?;
+    finished.summary.best_of = Some(point.grid.clone());
+    Ok(Some(finished))
+}
+
+/// The first test digits as grey levels, one row of images.
+fn test_digits(test: &hessfree_data::Dataset) -> Vec<u8> {
+    let n = RECONSTRUCTED_DIGITS.min(test.len());
+    test.images[..n * test.pixels_per_image()].to_vec()
+}
+
+/// An autoencoder's reconstructions of the first test digits, as grey levels.
+fn reconstruct_digits(experiment: &Experiment, w: &candle_core::Tensor) -> Result<Vec<u8>> {
+    let n = RECONSTRUCTED_DIGITS.min(experiment.test_x.dim(0)?);
+    let x = experiment.test_x.narrow(0, 0, n)?;
+    let out = experiment.model.reconstruction(w, &x)?;
+    let v: Vec<f32> = out.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(v.iter()
+        .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect())
+}
+
+/// One picture: the digits on top, each run's reconstructions below, with
+/// a grey line between rows.
+fn write_reconstructions(path: &Path, digits: &[u8], rows: &[Vec<u8>]) -> Result<()> {
+    const SIDE: usize = 28;
+    const GAP: usize = 2;
+    let n = digits.len() / (SIDE * SIDE);
+    let all: Vec<&[u8]> = std::iter::once(digits)
+        .chain(rows.iter().map(Vec::as_slice))
+        .collect();
+    let width = n * SIDE + (n + 1) * GAP;
+    let height = all.len() * SIDE + (all.len() + 1) * GAP;
+    let mut pixels = vec![128u8; width * height];
+    for (row, images) in all.iter().enumerate() {
+        for k in 0..n {
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    let top = GAP + row * (SIDE + GAP);
+                    let left = GAP + k * (SIDE + GAP);
+                    pixels[(top + y) * width + left + x] = images[k * SIDE * SIDE + y * SIDE + x];
+                }
+            }
+        }
+    }
+    let png = hessfree_report::gray_image_png(&pixels, height, width, 2)?;
+    hessfree_report::write_atomic(path, png)?;
+    Ok(())
+}
+
 /// Refuses what can be refused before any work or output.
 fn check_job(job: &CompareJob) -> Result<()> {
     if let Some(v) = job.max_passes
@@ -174,128 +484,68 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
     let data_dir = resolve_data_dir(job.data_dir.as_deref())?;
     let splits = load_dir(&data_dir.path, MNIST_CLASSES)?;
     for p in &job.runs {
-        p.spec
-            .parse(splits.train.rows, splits.train.cols)
-            .with_context(|| format!("run `{}`", p.label))?;
+        Experiment::check(&p.spec, &splits.train).with_context(|| format!("run `{}`", p.label))?;
     }
 
-    let mut runs = Vec::new();
-    let mut traces = Vec::new();
-    let mut images = Vec::new();
-    let mut weights = Vec::new();
+    let mut done: Vec<Finished> = Vec::new();
+    // Points of the grid in progress, with the snapshot each can be
+    // continued from.
+    let mut grid_points: Vec<(usize, Option<Arc<Snapshot>>)> = Vec::new();
     for p in &job.runs {
         if job.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!(run = %p.label, "skipped: interrupted");
             continue;
         }
-        let stop = StopRules {
-            grad_tol: (job.grad_tol > 0.0).then_some(job.grad_tol),
-            max_iters: Some(p.max_iters),
-            max_seconds: p.max_time,
-            max_hvps: job.max_hvps,
-            max_data_passes: job.max_passes,
-            ..Default::default()
-        };
-        let experiment = Arc::new(
-            Experiment::prepare(p.spec.clone(), &splits.train, &splits.test, &device)
-                .with_context(|| format!("preparing run `{}`", p.label))?,
-        );
-        let RunProgress { on_record, finish } = progress(&p.label, p.max_iters);
-        let resume = match &job.resume {
-            Some(dir) => {
-                let path = checkpoint_path(dir, &p.label);
-                if path.exists() {
-                    tracing::info!(run = %p.label, checkpoint = %path.display(), "resuming");
-                    Some(Arc::new(checkpoint::read(&path)?))
-                } else {
-                    tracing::warn!(run = %p.label, checkpoint = %path.display(), "no checkpoint: starting afresh");
-                    None
-                }
+        let resume = resume_from(job, &p.label)?;
+        let (finished, continue_from) = execute(job, p, resume, &splits, &device, progress)?;
+        done.push(finished);
+        if let Some(point) = &p.grid {
+            grid_points.push((done.len() - 1, continue_from));
+            if point.last
+                && let Some(best) = continue_best(
+                    job,
+                    p,
+                    point,
+                    std::mem::take(&mut grid_points),
+                    &done,
+                    &splits,
+                    &device,
+                    progress,
+                )?
+            {
+                done.push(best);
             }
-            None => None,
-        };
-        let checkpoint = match job.checkpoint_every {
-            Some(every) => {
-                let path = checkpoint_path(&job.out, &p.label);
-                if let Some(dir) = path.parent() {
-                    ensure_dir(dir)?;
-                }
-                let sink: CheckpointSink =
-                    Arc::new(move |snap| checkpoint::write_atomic(&path, snap));
-                Some(Checkpointing { every, sink })
-            }
-            None => None,
-        };
-        let opts = RunOptions {
-            checkpoint,
-            resume,
-            stop,
-            trace_every: p.trace_every,
-            test_every: 1,
-            test_accuracy: None,
-            on_record: Some(on_record),
-            interrupt: Some(job.interrupt.clone()),
-        };
-        ProcMemory::reset_peak();
-        tracing::info!(run = %p.label, "starting");
-        let out = experiment
-            .run(&p.method, opts)
-            .with_context(|| format!("run `{}`", p.label))?;
-        let peak = ProcMemory::read().map(|m| m.hwm_bytes);
-        finish(&out.stop);
-        let last = out.trace.last().cloned();
-        let (final_objective, final_grad_norm) = match &last {
-            Some(r) => (r.objective, r.grad_norm),
-            None => (f64::NAN, f64::NAN),
-        };
-        let slug = slug(&p.label);
-        let weights_image = format!("weights_{slug}.png");
-        let weights_file = format!("weights_{slug}.safetensors");
-        weights.push((
-            weights_file.clone(),
-            experiment.model.clone(),
-            out.params.clone(),
-        ));
-        let w0 = experiment
-            .model
-            .layout()
-            .view(&out.params, "layer0.weight")?;
-        let (fan_in, fan_out) = w0.dims2()?;
-        let w0: Vec<f32> = w0.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut columns = split_columns(&w0, fan_in, fan_out)?;
-        columns.truncate(32);
-        images.push((weights_image.clone(), columns));
-        runs.push(RunSummary {
-            name: p.label.clone(),
-            method: p.method.name().to_string(),
-            problem: problem_label(&p.spec),
-            settings: serde_json::to_value(&p.method)?,
-            stop_reason: out.stop.tag().to_string(),
-            stop_detail: out.stop.to_string(),
-            iterations: last.as_ref().map_or(0, |r| r.iter),
-            wall_seconds: out.solver_seconds,
-            final_objective,
-            final_grad_norm,
-            train_accuracy: experiment.train_accuracy(&out.params)?,
-            test_accuracy: experiment.test_accuracy(&out.params)?,
-            grad_evals: out.counts.grad_evals,
-            loss_evals: out.counts.loss_evals,
-            hvp_evals: out.counts.hvp_evals,
-            data_passes: out.counts.samples as f64 / splits.train.len() as f64,
-            peak_memory_bytes: peak,
-            hessian_bytes: out.extras.get("hessian_bytes").map(|b| *b as u64),
-            reference_test_accuracy: job.references.iter().find(|r| r.0 == p.label).map(|r| r.1),
-            extras: out.extras.clone(),
-            weights_image: Some(weights_image),
-            weights_file: Some(weights_file),
-            kernel: Some(kernel_name(&experiment)),
-        });
-        tracing::info!(run = %p.label, stop = %out.stop, seconds = out.solver_seconds, "finished");
-        traces.push((p.label.clone(), out.trace));
-        if out.stop == StopReason::Interrupted {
+        }
+        if done
+            .last()
+            .is_some_and(|f| f.summary.stop_reason == "interrupted")
+        {
             tracing::warn!("interrupted: writing the report for the runs so far");
         }
     }
+    let reconstructions = done
+        .iter()
+        .filter(|f| f.summary.grid.is_none())
+        .filter_map(|f| f.reconstruction.clone())
+        .collect::<Vec<_>>();
+    let mut runs = Vec::new();
+    let mut traces = Vec::new();
+    let mut images = Vec::new();
+    let mut weights = Vec::new();
+    for f in done {
+        traces.push((f.summary.name.clone(), f.trace));
+        runs.push(f.summary);
+        images.extend(f.image);
+        weights.extend(f.weights);
+    }
+    let reconstructions_image = match (&reconstructions[..], &test_digits(&splits.test)) {
+        ([], _) => None,
+        (rows, digits) => Some((
+            RECONSTRUCTIONS_FILE.to_string(),
+            digits.clone(),
+            rows.to_vec(),
+        )),
+    };
 
     let summary = CompareSummary {
         kind: "compare".into(),
@@ -318,6 +568,8 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
         dtype: job.dtype.clone(),
         problem: job.runs[0].spec.clone(),
         runs,
+        reconstructions_image: reconstructions_image.as_ref().map(|r| r.0.clone()),
+        rationale: job.rationale.clone(),
     };
     // Round-trip the trace through its CSV form so the written report is
     // exactly what `report --check` regenerates from the files.
@@ -334,13 +586,18 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
     for (file, model, params) in &weights {
         hessfree_model::save_weights(&job.out.join(file), model, params)?;
     }
+    if let Some((file, digits, rows)) = &reconstructions_image {
+        write_reconstructions(&job.out.join(file), digits, rows)?;
+    }
     report.write(&job.out)?;
     let report_path = job.out.join(report::REPORT_FILE);
+    // A grid point that diverged is a result (its learning rate is too
+    // high), not a failure of the job.
     let failed: Vec<String> = report
         .summary
         .runs
         .iter()
-        .filter(|r| r.stop_reason == "failed")
+        .filter(|r| r.stop_reason == "failed" && r.grid.is_none())
         .map(|r| format!("`{}` {}", r.name, r.stop_detail))
         .collect();
     if !failed.is_empty() {

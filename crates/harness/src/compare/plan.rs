@@ -4,6 +4,11 @@
 //! A run can override problem settings with `name@key=value;key=value`,
 //! e.g. `sgd,sgd@init=normal:0.1,sgd@laplace=0.001`, which is how the
 //! notebook's three SGD runs share one report.
+//!
+//! One override may list alternatives, `adam@lr=1e-4|3e-4|1e-3`: a grid.
+//! Each point runs on the short `grid_time` budget, and the best one (the
+//! lowest final objective) is then continued to the run's full budget, so
+//! that a baseline's learning rate is chosen in the open.
 
 use anyhow::{Context, Result, bail};
 use hessfree_solvers::{
@@ -91,6 +96,19 @@ pub struct RunDefaults {
     /// costs a data pass).
     pub sgd_eval_every: u64,
     pub max_time: Option<f64>,
+    /// Solver-time budget of each point of a grid.
+    pub grid_time: f64,
+}
+
+/// Where a run sits in a learning-rate grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridPoint {
+    /// The grid's token as written, e.g. `adam@lr=1e-4|1e-3`.
+    pub grid: String,
+    /// The budget the grid's best point is continued to.
+    pub full_time: f64,
+    /// Whether this is the grid's last point, after which the best is chosen.
+    pub last: bool,
 }
 
 /// One requested run: its label, method and problem.
@@ -103,11 +121,13 @@ pub struct PlannedRun {
     /// This run's solver-time budget.
     pub max_time: Option<f64>,
     pub trace_every: u64,
+    /// `Some` for a point of a learning-rate grid.
+    pub grid: Option<GridPoint>,
 }
 
 /// `lr` sets SGD's or Adam's learning rate, whichever the run is.
-const OVERRIDES: &str =
-    "init, l2, laplace, seed, curvature_dtype, lr, damping, hessian_batch, max_time";
+const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, lr, damping, curvature_batch, \
+     hessian_batch, max_time";
 
 /// The runs of a comma-separated `optimizers` list.
 pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
@@ -122,7 +142,19 @@ pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>>
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
-        planned.push(plan_one(token, defaults)?);
+        if token.contains('|') {
+            planned.extend(plan_grid(token, defaults)?);
+        } else {
+            planned.push(plan_one(token, defaults)?);
+        }
+    }
+    let mut labels: Vec<&str> = planned.iter().map(|p| p.label.as_str()).collect();
+    labels.sort_unstable();
+    if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "--optimizers names the run `{}` twice; each run needs its own label",
+            w[0]
+        );
     }
     if planned.is_empty() {
         bail!(
@@ -133,12 +165,65 @@ pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>>
     Ok(planned)
 }
 
+/// The points of a grid token such as `adam@lr=1e-4|1e-3;seed=2`: one run
+/// per alternative, each on `grid_time`, the last marked so the runner
+/// chooses and continues the best after it.
+fn plan_grid(token: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
+    let Some((name, overrides)) = token.split_once('@') else {
+        bail!("grid `{token}`: alternatives go in an override, e.g. adam@lr=1e-4|1e-3");
+    };
+    let parts: Vec<&str> = overrides.split(';').collect();
+    let listed: Vec<usize> = (0..parts.len())
+        .filter(|&i| parts[i].contains('|'))
+        .collect();
+    let [at] = listed[..] else {
+        bail!("grid `{token}`: only one override may list alternatives (a one-dimensional grid)");
+    };
+    let Some((key, values)) = parts[at].split_once('=') else {
+        bail!("grid `{token}`: override `{}` is not key=value", parts[at]);
+    };
+    let values: Vec<&str> = values.split('|').map(str::trim).collect();
+    if values.len() < 2 || values.iter().any(|v| v.is_empty()) {
+        bail!("grid `{token}`: expected two or more non-empty values, like {key}=1e-4|1e-3");
+    }
+    let g = defaults.grid_time;
+    if !(g.is_finite() && g > 0.0) {
+        bail!("--grid-time must be a positive number of seconds, got {g}");
+    }
+    let mut points = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let mut point_parts = parts.clone();
+        let kv = format!("{key}={value}");
+        point_parts[at] = &kv;
+        let point = format!("{name}@{}", point_parts.join(";"));
+        let mut run = plan_one(&point, defaults).with_context(|| format!("grid `{token}`"))?;
+        let Some(full_time) = run.max_time else {
+            bail!(
+                "grid `{token}`: its best point is continued to the run's full budget; \
+                 set one with --max-time (or max_time=SECONDS in the token)"
+            );
+        };
+        if g > full_time {
+            bail!("grid `{token}`: --grid-time {g} s exceeds the full budget of {full_time} s");
+        }
+        run.max_time = Some(g);
+        run.grid = Some(GridPoint {
+            grid: token.to_string(),
+            full_time,
+            last: i + 1 == values.len(),
+        });
+        points.push(run);
+    }
+    Ok(points)
+}
+
 fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let (name, overrides) = token.split_once('@').unwrap_or((token, ""));
     let mut spec = defaults.problem.clone();
     let mut sgd = defaults.sgd.clone();
     let mut adam = defaults.adam.clone();
     let mut damping = None;
+    let mut newton = defaults.newton.clone();
     let mut hessian_batch = defaults.hessian_batch;
     let mut max_time = defaults.max_time;
     for kv in overrides.split(';').filter(|s| !s.is_empty()) {
@@ -167,6 +252,14 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                 adam.learning_rate = sgd.learning_rate;
             }
             "damping" => damping = Some(num()?),
+            "curvature_batch" => {
+                let rows: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
+                newton.curvature_batch = Some(rows);
+            }
             "max_time" => {
                 let v = num()?;
                 if !(v.is_finite() && v > 0.0) {
@@ -186,14 +279,14 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
         "sgd" => Method::Sgd(sgd),
         "adam" => Method::Adam(adam),
         "newton-cg" => {
-            let mut c = defaults.newton.config(&spec);
+            let mut c = newton.config(&spec);
             if let Some(d) = damping {
                 c.initial_damping = d;
             }
             Method::NewtonCg(c)
         }
         "hf" => {
-            let mut c = defaults.newton.martens(&spec);
+            let mut c = newton.martens(&spec);
             if let Some(d) = damping {
                 c.initial_damping = d;
             }
@@ -234,5 +327,6 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
         },
         max_time,
         trace_every: if is_sgd { defaults.sgd_eval_every } else { 1 },
+        grid: None,
     })
 }

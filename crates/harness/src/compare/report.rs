@@ -58,8 +58,16 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     pub final_objective: f64,
     pub final_grad_norm: f64,
-    pub train_accuracy: f64,
-    pub test_accuracy: f64,
+    /// A classifier's accuracies (absent for an autoencoder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
+    /// An autoencoder's reconstruction errors (squared error per case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_error: Option<f64>,
     pub grad_evals: u64,
     pub loss_evals: u64,
     pub hvp_evals: u64,
@@ -78,6 +86,15 @@ pub struct RunSummary {
     /// instruction set, dtype), as the objective reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// For a point of a learning-rate grid: the grid's token (e.g.
+    /// `adam@lr=1e-4|1e-3`). Grid points run on the grid's short budget
+    /// and are shown in the grid's table, not in the figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<String>,
+    /// For the run that continued a grid's best point to the full budget:
+    /// that grid's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +111,13 @@ pub struct CompareSummary {
     pub dtype: String,
     pub problem: ProblemSpec,
     pub runs: Vec<RunSummary>,
+    /// An autoencoder report's picture of test digits and each run's
+    /// reconstructions, relative to the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconstructions_image: Option<String>,
+    /// Why the report's problem was chosen, in the report's own words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
 }
 
 /// A summary with the traces of its runs.
@@ -103,6 +127,10 @@ pub struct CompareReport {
     /// `(run name, records)` in the order of `summary.runs`.
     pub traces: Vec<(String, Vec<TraceRecord>)>,
 }
+
+/// Appended to [`TRACE_HEADER`] when a run records reconstruction errors
+/// (autoencoders), so that classifier traces keep their 14 columns.
+const ERROR_COLUMNS: [&str; 2] = ["train_error", "test_error"];
 
 const TRACE_HEADER: [&str; 14] = [
     "run",
@@ -151,11 +179,24 @@ fn bad_csv(line: usize, reason: impl Into<String>) -> ReportError {
 }
 
 impl CompareReport {
+    /// Whether any record holds reconstruction errors.
+    fn has_errors(&self) -> bool {
+        self.traces
+            .iter()
+            .flat_map(|(_, records)| records)
+            .any(|r| r.train_error.is_some() || r.test_error.is_some())
+    }
+
     pub fn trace_csv(&self) -> Result<String> {
-        let mut csv = Csv::new(TRACE_HEADER);
+        let errors = self.has_errors();
+        let mut header: Vec<&str> = TRACE_HEADER.to_vec();
+        if errors {
+            header.extend(ERROR_COLUMNS);
+        }
+        let mut csv = Csv::new(header);
         for (name, records) in &self.traces {
             for r in records {
-                csv.push_row([
+                let mut row = vec![
                     name.clone(),
                     r.iter.to_string(),
                     r.wall_seconds.to_string(),
@@ -170,7 +211,11 @@ impl CompareReport {
                     opt(r.radius),
                     opt(r.cg_iters),
                     opt(r.step_size),
-                ])?;
+                ];
+                if errors {
+                    row.extend([opt(r.train_error), opt(r.test_error)]);
+                }
+                csv.push_row(row)?;
             }
         }
         Ok(csv.render())
@@ -179,23 +224,30 @@ impl CompareReport {
     /// Reads back what [`CompareReport::trace_csv`] wrote (floats round-trip exactly).
     pub fn parse_trace_csv(text: &str) -> Result<Vec<(String, Vec<TraceRecord>)>> {
         let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, header)) if split_csv_line(header) == TRACE_HEADER => {}
+        let mut with_errors: Vec<&str> = TRACE_HEADER.to_vec();
+        with_errors.extend(ERROR_COLUMNS);
+        let columns = match lines.next().map(|(_, h)| split_csv_line(h)) {
+            Some(h) if h == TRACE_HEADER => TRACE_HEADER.len(),
+            Some(h) if h == with_errors => with_errors.len(),
             _ => {
                 return Err(bad_csv(
                     1,
-                    format!("expected the header {}", TRACE_HEADER.join(",")),
+                    format!(
+                        "expected the header {} (with {} for an autoencoder)",
+                        TRACE_HEADER.join(","),
+                        ERROR_COLUMNS.join(",")
+                    ),
                 ));
             }
-        }
+        };
         let mut runs: Vec<(String, Vec<TraceRecord>)> = Vec::new();
         for (i, line) in lines {
             let n = i + 1;
             let f = split_csv_line(line);
-            if f.len() != TRACE_HEADER.len() {
+            if f.len() != columns {
                 return Err(bad_csv(
                     n,
-                    format!("{} fields, expected {}", f.len(), TRACE_HEADER.len()),
+                    format!("{} fields, expected {columns}", f.len()),
                 ));
             }
             fn num<T: std::str::FromStr>(s: &str, n: usize, col: &str) -> Result<T> {
@@ -223,6 +275,14 @@ impl CompareReport {
                 radius: optnum(&f[11], n, "radius")?,
                 cg_iters: optnum(&f[12], n, "cg_iters")?,
                 step_size: optnum(&f[13], n, "step_size")?,
+                train_error: match f.get(14) {
+                    Some(v) => optnum(v, n, "train_error")?,
+                    None => None,
+                },
+                test_error: match f.get(15) {
+                    Some(v) => optnum(v, n, "test_error")?,
+                    None => None,
+                },
             };
             match runs.last_mut() {
                 Some((name, records)) if *name == f[0] => records.push(record),
@@ -232,13 +292,21 @@ impl CompareReport {
         Ok(runs)
     }
 
-    /// The best objective reached by any run of `problem`.
-    fn best_objective(&self, problem: &str) -> Option<f64> {
+    /// The runs the figures and findings show, with their traces: every
+    /// run but the points of a learning-rate grid (those have their table).
+    fn shown(&self) -> impl Iterator<Item = (&Vec<TraceRecord>, &RunSummary)> {
         self.traces
             .iter()
+            .map(|(_, records)| records)
             .zip(&self.summary.runs)
+            .filter(|(_, run)| run.grid.is_none())
+    }
+
+    /// The best objective reached by any shown run of `problem`.
+    fn best_objective(&self, problem: &str) -> Option<f64> {
+        self.shown()
             .filter(|(_, run)| run.problem == problem)
-            .flat_map(|((_, records), _)| records.iter().map(|r| r.objective))
+            .flat_map(|(records, _)| records.iter().map(|r| r.objective))
             .filter(|f| f.is_finite())
             .reduce(f64::min)
     }
@@ -263,10 +331,10 @@ impl CompareReport {
                 run.name.clone()
             }
         };
-        let runs = || self.traces.iter().zip(&self.summary.runs);
+        let runs = || self.shown();
         let gap = |x: fn(&TraceRecord) -> f64| -> Vec<Series> {
             runs()
-                .map(|((_, records), run)| {
+                .map(|(records, run)| {
                     let best = self.best_objective(&run.problem).unwrap_or(0.0);
                     Series::new(
                         label(run),
@@ -284,21 +352,52 @@ impl CompareReport {
             LinePlot::new("Objective − best objective", "data passes", "f − f*").log_y(true);
         plot.series = gap(|r| r.data_passes);
         out.push(("objective_vs_passes.svg".to_string(), plot));
-        let mut plot = LinePlot::new("Test accuracy", "solver time [s]", "test accuracy");
-        plot.series = runs()
-            .map(|((_, records), run)| {
-                Series::new(
-                    label(run),
-                    records
-                        .iter()
-                        .filter_map(|r| r.test_accuracy.map(|a| (r.wall_seconds, a))),
+        let scored = |y: fn(&TraceRecord) -> Option<f64>, x: fn(&TraceRecord) -> f64| {
+            runs()
+                .map(|(records, run)| {
+                    Series::new(
+                        label(run),
+                        records.iter().filter_map(|r| y(r).map(|v| (x(r), v))),
+                    )
+                })
+                .collect::<Vec<Series>>()
+        };
+        let any = |y: fn(&TraceRecord) -> Option<f64>| {
+            runs().any(|(records, _)| records.iter().any(|r| y(r).is_some()))
+        };
+        if any(|r| r.test_accuracy) {
+            let mut plot = LinePlot::new("Test accuracy", "solver time [s]", "test accuracy");
+            plot.series = scored(|r| r.test_accuracy, |r| r.wall_seconds);
+            out.push(("test_accuracy_vs_time.svg".to_string(), plot));
+        }
+        type Axis = (&'static str, &'static str, fn(&TraceRecord) -> f64);
+        let axes: [Axis; 2] = [
+            ("time", "solver time [s]", |r| r.wall_seconds),
+            ("passes", "data passes", |r| r.data_passes),
+        ];
+        type Error = (&'static str, &'static str, fn(&TraceRecord) -> Option<f64>);
+        let errors: [Error; 2] = [
+            ("train", "Training", |r| r.train_error),
+            ("test", "Test", |r| r.test_error),
+        ];
+        for (set, title, y) in errors {
+            if !any(y) {
+                continue;
+            }
+            for (name, x_label, x) in axes {
+                let mut plot = LinePlot::new(
+                    format!("{title} reconstruction error"),
+                    x_label,
+                    "squared error per case",
                 )
-            })
-            .collect();
-        out.push(("test_accuracy_vs_time.svg".to_string(), plot));
+                .log_y(true);
+                plot.series = scored(y, x);
+                out.push((format!("{set}_error_vs_{name}.svg"), plot));
+            }
+        }
         let mut plot = LinePlot::new("Gradient norm", "iteration", "‖∇f‖").log_y(true);
         plot.series = runs()
-            .map(|((_, records), run)| {
+            .map(|(records, run)| {
                 Series::new(
                     label(run),
                     records.iter().map(|r| (r.iter as f64, r.grad_norm)),
@@ -312,7 +411,7 @@ impl CompareReport {
     /// The paragraph generated from the numbers.
     pub fn findings(&self) -> String {
         let mut s = String::new();
-        let runs = &self.summary.runs;
+        let runs: Vec<&RunSummary> = self.shown().map(|(_, run)| run).collect();
         if runs.is_empty() {
             return "No optimiser ran.".into();
         }
@@ -322,7 +421,7 @@ impl CompareReport {
         if let Some(best) = self.best_objective(&first_problem) {
             let tol = OBJECTIVE_TOLERANCE * best.abs().max(1.0);
             let mut reached: Vec<(&str, f64, f64, u64)> = Vec::new();
-            for ((_, records), run) in self.traces.iter().zip(runs) {
+            for (records, run) in self.shown() {
                 if run.problem != first_problem {
                     continue;
                 }
@@ -374,31 +473,68 @@ impl CompareReport {
                 }
             }
         }
-        let best_acc = runs
-            .iter()
-            .map(|r| r.test_accuracy)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let top: Vec<&str> = runs
-            .iter()
-            .filter(|r| r.test_accuracy == best_acc)
-            .map(|r| r.name.as_str())
-            .collect();
-        let _ = write!(
-            s,
-            "The highest test accuracy is {} ({}).",
-            fmt_sig(best_acc, 4),
-            top.join(", ")
-        );
+        // The best of a score over the shown runs, and who reached it.
+        let best_of = |score: fn(&RunSummary) -> Option<f64>, higher: bool| {
+            let values: Vec<(f64, &str)> = runs
+                .iter()
+                .filter_map(|r| score(r).map(|v| (v, r.name.as_str())))
+                .filter(|(v, _)| v.is_finite())
+                .collect();
+            let best =
+                values
+                    .iter()
+                    .map(|v| v.0)
+                    .reduce(if higher { f64::max } else { f64::min })?;
+            let who: Vec<&str> = values.iter().filter(|v| v.0 == best).map(|v| v.1).collect();
+            Some((best, who.join(", ")))
+        };
+        if let Some((best, who)) = best_of(|r| r.test_accuracy, true) {
+            let _ = write!(
+                s,
+                "The highest test accuracy is {} ({who}).",
+                fmt_sig(best, 4)
+            );
+        }
+        for (what, score) in [
+            (
+                "training",
+                (|r| r.train_error) as fn(&RunSummary) -> Option<f64>,
+            ),
+            ("test", |r| r.test_error),
+        ] {
+            if let Some((best, who)) = best_of(score, false) {
+                let space = if s.is_empty() || s.ends_with(' ') {
+                    ""
+                } else {
+                    " "
+                };
+                let _ = write!(
+                    s,
+                    "{space}The lowest {what} reconstruction error is {} ({who}).",
+                    fmt_sig(best, 4)
+                );
+            }
+        }
         for r in runs.iter().filter(|r| r.reference_test_accuracy.is_some()) {
             let reference = r.reference_test_accuracy.unwrap_or(f64::NAN);
+            let reached = r.test_accuracy.unwrap_or(f64::NAN);
             let _ = write!(
                 s,
                 " {} reached {} against the reference {} ({:+.4}).",
                 r.name,
-                fmt_sig(r.test_accuracy, 4),
+                fmt_sig(reached, 4),
                 fmt_sig(reference, 4),
-                r.test_accuracy - reference
+                reached - reference
             );
+        }
+        for r in runs.iter() {
+            if let Some(grid) = &r.best_of {
+                let _ = write!(
+                    s,
+                    " {} is the best point of the grid `{grid}` (lowest objective on the grid's budget), continued to the full budget.",
+                    r.name
+                );
+            }
         }
         let failed: Vec<String> = runs
             .iter()
@@ -436,8 +572,14 @@ impl CompareReport {
             sum.device,
             sum.dtype
         );
+        if let Some(why) = &sum.rationale {
+            let _ = writeln!(md, "## Why this problem\n\n{why}\n");
+        }
         let _ = writeln!(md, "## Findings\n\n{}\n", self.findings());
-        let has_reference = sum.runs.iter().any(|r| r.reference_test_accuracy.is_some());
+        let shown: Vec<&RunSummary> = self.shown().map(|(_, run)| run).collect();
+        let has_reference = shown.iter().any(|r| r.reference_test_accuracy.is_some());
+        let has_accuracy = shown.iter().any(|r| r.test_accuracy.is_some());
+        let has_errors = shown.iter().any(|r| r.test_error.is_some());
         let mut headers = vec![
             "run",
             "problem",
@@ -446,15 +588,19 @@ impl CompareReport {
             "solver time",
             "final objective",
             "‖∇f‖",
-            "train acc.",
-            "test acc.",
         ];
+        if has_accuracy {
+            headers.extend(["train acc.", "test acc."]);
+        }
+        if has_errors {
+            headers.extend(["train error", "test error"]);
+        }
         if has_reference {
             headers.push("reference");
         }
         headers.extend(["gradients", "HVPs", "data passes", "peak memory"]);
-        let rows: Vec<Vec<String>> = sum
-            .runs
+        let score = |x: Option<f64>| x.map(|v| fmt_sig(v, 4)).unwrap_or_default();
+        let rows: Vec<Vec<String>> = shown
             .iter()
             .map(|r| {
                 let mut row = vec![
@@ -465,9 +611,13 @@ impl CompareReport {
                     fmt_duration_s(r.wall_seconds),
                     fmt_sig(r.final_objective, 12),
                     fmt_sig(r.final_grad_norm, 3),
-                    fmt_sig(r.train_accuracy, 4),
-                    fmt_sig(r.test_accuracy, 4),
                 ];
+                if has_accuracy {
+                    row.extend([score(r.train_accuracy), score(r.test_accuracy)]);
+                }
+                if has_errors {
+                    row.extend([score(r.train_error), score(r.test_error)]);
+                }
                 if has_reference {
                     row.push(
                         r.reference_test_accuracy
@@ -487,6 +637,7 @@ impl CompareReport {
             })
             .collect();
         let _ = writeln!(md, "## Results\n\n{}", markdown_table(&headers, &rows));
+        md += &self.grid_tables();
         let kernels: Vec<String> = sum
             .runs
             .iter()
@@ -519,9 +670,19 @@ impl CompareReport {
         for (file, plot) in self.figures() {
             let _ = writeln!(md, "{}\n", markdown_image(&plot.title, &file));
         }
-        let images: Vec<&RunSummary> = sum
-            .runs
+        if let Some(file) = &sum.reconstructions_image {
+            let names: Vec<&str> = shown.iter().map(|r| r.name.as_str()).collect();
+            let _ = writeln!(
+                md,
+                "## Reconstructions\n\nThe first row holds test digits; each row below is one \
+                 run's reconstruction of them, in the order {}.\n\n{}\n",
+                names.join(", "),
+                markdown_image("test digits and their reconstructions", file)
+            );
+        }
+        let images: Vec<&RunSummary> = shown
             .iter()
+            .copied()
             .filter(|r| r.weights_image.is_some())
             .collect();
         if !images.is_empty() {
@@ -556,6 +717,78 @@ impl CompareReport {
              holds every trace record. This page and its figures are generated from those two files \
              (`cargo xtask report --check` verifies it)."
         );
+        md
+    }
+
+    /// One table per learning-rate grid: each point's result on the
+    /// grid's budget, and which one was continued (empty without grids).
+    fn grid_tables(&self) -> String {
+        let mut md = String::new();
+        let mut grids: Vec<&str> = Vec::new();
+        for run in &self.summary.runs {
+            if let Some(g) = &run.grid
+                && !grids.contains(&g.as_str())
+            {
+                grids.push(g);
+            }
+        }
+        if grids.is_empty() {
+            return md;
+        }
+        let _ = writeln!(
+            md,
+            "## Learning-rate grids\n\nEach grid point ran on the grid's short budget from the \
+             same start; the point with the lowest final objective was continued to the full \
+             budget (a resume of its checkpoint, which gives what an uninterrupted run would).\n"
+        );
+        for grid in grids {
+            let points: Vec<(&Vec<TraceRecord>, &RunSummary)> = self
+                .traces
+                .iter()
+                .map(|(_, records)| records)
+                .zip(&self.summary.runs)
+                .filter(|(_, r)| r.grid.as_deref() == Some(grid))
+                .collect();
+            let chosen = self
+                .summary
+                .runs
+                .iter()
+                .find(|r| r.best_of.as_deref() == Some(grid));
+            let errors = points.iter().any(|(_, r)| r.train_error.is_some());
+            let mut headers = vec!["point", "stop", "solver time", "final objective"];
+            headers.push(if errors { "train error" } else { "train acc." });
+            headers.push("continued");
+            let rows: Vec<Vec<String>> = points
+                .iter()
+                .map(|(_, r)| {
+                    let score = if errors {
+                        r.train_error
+                    } else {
+                        r.train_accuracy
+                    };
+                    let continued = chosen.is_some_and(|c| c.settings == r.settings);
+                    vec![
+                        r.name.clone(),
+                        r.stop_reason.clone(),
+                        fmt_duration_s(r.wall_seconds),
+                        fmt_sig(r.final_objective, 8),
+                        score.map(|v| fmt_sig(v, 4)).unwrap_or_default(),
+                        if continued {
+                            "yes".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            let _ = writeln!(md, "`{grid}`:\n\n{}", markdown_table(&headers, &rows));
+            if chosen.is_none() {
+                let _ = writeln!(
+                    md,
+                    "No point of `{grid}` finished with a finite objective, so none was continued.\n"
+                );
+            }
+        }
         md
     }
 
@@ -624,6 +857,11 @@ impl CompareReport {
                 )),
                 Err(_) => stale.push(format!("{} is missing", dir.join(&name).display())),
             }
+        }
+        if let Some(file) = &report.summary.reconstructions_image
+            && !dir.join(file).is_file()
+        {
+            stale.push(format!("{} is missing", dir.join(file).display()));
         }
         for run in &report.summary.runs {
             for file in [&run.weights_image, &run.weights_file]

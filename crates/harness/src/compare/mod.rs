@@ -193,7 +193,11 @@ fn execute(
     if let Some(dir) = disk.as_ref().and_then(|d| d.parent()) {
         ensure_dir(dir)?;
     }
-    let checkpoint = match (&p.grid, job.checkpoint_every) {
+    let checkpoint = match (
+        &p.grid,
+        job.checkpoint_every
+            .map(|e| p.checkpoint_every.unwrap_or(e)),
+    ) {
         (Some(_), every) => {
             // Every trace interval, so the best point continues from near
             // its end; on disk too when checkpoints were asked for.

@@ -123,11 +123,15 @@ pub struct PlannedRun {
     pub trace_every: u64,
     /// `Some` for a point of a learning-rate grid.
     pub grid: Option<GridPoint>,
+    /// This run's checkpoint interval when checkpoints are on, in its own
+    /// iterations (a mini-batch step is far cheaper than an HF iteration);
+    /// `None`: `--checkpoint-every`.
+    pub checkpoint_every: Option<u64>,
 }
 
 /// `lr` sets SGD's or Adam's learning rate, whichever the run is.
-const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, lr, damping, curvature_batch, \
-     hessian_batch, max_time";
+const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, hessian_fraction, lr, damping, \
+     curvature_batch, hessian_batch, max_time, checkpoint_every";
 
 /// The runs of a comma-separated `optimizers` list.
 pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
@@ -226,6 +230,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let mut newton = defaults.newton.clone();
     let mut hessian_batch = defaults.hessian_batch;
     let mut max_time = defaults.max_time;
+    let mut checkpoint_every = None;
     for kv in overrides.split(';').filter(|s| !s.is_empty()) {
         let (key, value) = kv
             .split_once('=')
@@ -247,6 +252,16 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                 adam.seed = spec.seed;
             }
             "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
+            "hessian_fraction" => spec.hessian_fraction = num()?,
+            "checkpoint_every" => {
+                checkpoint_every = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&n: &u64| n > 0)
+                        .with_context(|| format!("override `{kv}`: expected a positive integer"))?,
+                );
+            }
             "lr" => {
                 sgd.learning_rate = num()?;
                 adam.learning_rate = sgd.learning_rate;
@@ -328,5 +343,6 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
         max_time,
         trace_every: if is_sgd { defaults.sgd_eval_every } else { 1 },
         grid: None,
+        checkpoint_every,
     })
 }

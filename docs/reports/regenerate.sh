@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reruns every committed comparison report from scratch (long: about an hour
-# on two cores). `cargo xtask report` only re-renders them from their data.
+# on two cores, plus 40 minutes for the deep autoencoder). `cargo xtask report` only re-renders them from their data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 

@@ -29,10 +29,17 @@ static PEAK_BEFORE_RESETS: AtomicU64 = AtomicU64::new(0);
 /// cannot be read. Used to refuse a model too big for the machine before
 /// allocating it.
 pub fn available_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    kib_field(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
+}
+
+/// A `NAME:   1234 kB` line of a /proc file, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line
-        .trim_start_matches("MemAvailable:")
+        .trim_start_matches(name)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -54,17 +61,7 @@ impl ProcMemory {
     /// Reads `/proc/self/status`; `None` where it does not exist.
     pub fn read() -> Option<Self> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let line = status.lines().find(|l| l.starts_with(name))?;
-            let kib: u64 = line
-                .trim_start_matches(name)
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib * 1024)
-        };
+        let field = |name: &str| kib_field(&status, name);
         Some(Self {
             rss_bytes: field("VmRSS:")?,
             hwm_bytes: field("VmHWM:")?,

@@ -13,6 +13,9 @@
 //!   `MlpObjective::new` chooses, which for MNIST's bytes is the first layer
 //!   over compressed rows.
 //!
+//! The deep autoencoders' gradient and Gauss-Newton product follow, in
+//! `cpu/autoencoder/...` (see `autoencoder`).
+//!
 //! Built with `--features cuda`, `grad`, `hvp` and `ggn` (`cold`) also run on
 //! the first CUDA device as `cuda/mlp/...` (see `mlp_cuda`).
 
@@ -24,7 +27,10 @@ use std::time::Duration;
 use candle_core::{DType, Device};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hessfree_model::fused::XStorage;
-use hessfree_model::{Activation, CurvatureKind, Init, MlpObjective, Model, ModelSpec, Objective};
+use hessfree_model::{
+    Activation, Batches, CurvatureKind, Init, MlpObjective, Model, ModelSpec, Objective,
+    objective_for,
+};
 
 fn mlp(c: &mut Criterion) {
     let dtype = DType::F32;
@@ -130,7 +136,6 @@ fn first_layer(c: &mut Criterion) {
 /// CUDA toolkit at hand: neither compiled nor run yet.
 #[cfg(feature = "cuda")]
 fn mlp_cuda(c: &mut Criterion) {
-    use hessfree_model::Batches;
     let dev = match Device::new_cuda(0) {
         Ok(dev) => dev,
         Err(e) => {
@@ -180,9 +185,63 @@ fn mlp_cuda(c: &mut Criterion) {
     }
 }
 
+/// Deep autoencoders at n = 1000, f32, sparse initialisation: the gradient
+/// and the Gauss-Newton product, `cpu/autoencoder/{grad,ggn}/f32/n1000/{shape}/{variant}`
+/// with `shape` `curves` (400-200-100-50-25-6 mirrored, the report's) or
+/// `martens` (1000-500-250-30 mirrored, Martens' MNIST network, 2.8M
+/// parameters), and `variant` `cold` or `apply` as for the MLP. Martens'
+/// factor is `ggn/apply` against `grad/cold`: at most 2.
+fn autoencoder(c: &mut Criterion) {
+    let dtype = DType::F32;
+    let n = 1000;
+    for (shape, encoder) in [
+        ("curves", vec![400, 200, 100, 50, 25, 6]),
+        ("martens", vec![1000, 500, 250, 30]),
+    ] {
+        let model = Model::new(ModelSpec::Autoencoder { encoder }, 784, 0).expect("model");
+        let w = model
+            .init(Init::Sparse, 1, &Device::Cpu, dtype)
+            .expect("init");
+        let t = common::subset(n)
+            .to_tensors(&Device::Cpu, dtype)
+            .expect("tensors");
+        let data =
+            Batches::reconstruction(&t.images, Batches::DEFAULT_CHUNK_ROWS).expect("batches");
+        let obj = objective_for(&model, data, Vec::new()).expect("objective");
+        let v = common::random(obj.dim(), 0.05, 2, dtype);
+        let name = |op: &str| format!("cpu/autoencoder/{op}/f32/n{n}/{shape}");
+
+        let mut g = c.benchmark_group(name("grad"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("cold", |b| {
+            b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(name("ggn"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("cold", |b| {
+            b.iter(|| {
+                let op = obj
+                    .curvature(&w, CurvatureKind::GaussNewton)
+                    .expect("curvature");
+                black_box(op.apply(&v).expect("product"))
+            })
+        });
+        let op = obj
+            .curvature(&w, CurvatureKind::GaussNewton)
+            .expect("curvature");
+        g.bench_function("apply", |b| {
+            b.iter(|| black_box(op.apply(&v).expect("product")))
+        });
+        g.finish();
+    }
+}
+
 fn all(c: &mut Criterion) {
     mlp(c);
     first_layer(c);
+    autoencoder(c);
     #[cfg(feature = "cuda")]
     mlp_cuda(c);
 }

@@ -20,6 +20,7 @@ mod data_info;
 mod eval;
 mod hessian;
 mod progress;
+mod project;
 mod report;
 
 #[derive(Parser)]
@@ -51,6 +52,9 @@ enum Command {
     BenchPeers(bench_peers::BenchPeersArgs),
     /// The Hessian study: spy plots, rank vs batch size, memory, matrix-free spectrum.
     Hessian(hessian::HessianArgs),
+    /// Time an HF iteration's pieces on a model too big to train here and
+    /// project a full run (default: Martens' 784-1000-500-250-30 autoencoder).
+    Project(project::ProjectArgs),
     /// Regenerate committed reports from their data, or check them (--check).
     Report(report::ReportArgs),
 }
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::CheckCurvature(args) => check_curvature::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Project(args) => project::run(&args),
         Command::Hessian(args) => hessian::run(args),
         Command::BenchReport(args) => bench_report::run(&args),
         Command::BenchPeers(args) => bench_peers::run(&args),

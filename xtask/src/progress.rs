@@ -34,13 +34,11 @@ fn bar_or_log(label: &str, max_iters: u64) -> (Option<ProgressBar>, OnRecord) {
         let b = bar.clone();
         let cb: OnRecord = Arc::new(move |r: &TraceRecord| {
             b.set_position(r.iter);
-            let acc = r
-                .test_accuracy
-                .map(|a| format!(" acc {a:.4}"))
-                .unwrap_or_default();
             b.set_message(format!(
-                "f {:.6e} |g| {:.2e}{acc}",
-                r.objective, r.grad_norm
+                "f {:.6e} |g| {:.2e}{}",
+                r.objective,
+                r.grad_norm,
+                scores(r)
             ));
         });
         (Some(bar), cb)
@@ -51,11 +49,27 @@ fn bar_or_log(label: &str, max_iters: u64) -> (Option<ProgressBar>, OnRecord) {
                 iter = r.iter,
                 objective = r.objective,
                 grad_norm = r.grad_norm,
-                test_accuracy = ?r.test_accuracy,
+                scores = %scores(r).trim_start(),
                 seconds = r.wall_seconds,
                 "trace"
             );
         });
         (None, cb)
     }
+}
+
+/// A classifier's test accuracy, or an autoencoder's reconstruction errors
+/// (squared error per case), whichever the record carries.
+fn scores(r: &TraceRecord) -> String {
+    let mut out = String::new();
+    if let Some(a) = r.test_accuracy {
+        out += &format!(" acc {a:.4}");
+    }
+    if let Some(e) = r.train_error {
+        out += &format!(" train err {e:.3}");
+    }
+    if let Some(e) = r.test_error {
+        out += &format!(" test err {e:.3}");
+    }
+    out
 }

@@ -1,12 +1,13 @@
 //! `cargo xtask report [--check] [DIR...]`: regenerate committed reports
-//! from their own `summary.json` and `trace.csv`, or check that they are
-//! exactly what that data produces.
+//! (comparisons and projections) from their own `summary.json` and
+//! `trace.csv`, or check that they are exactly what that data produces.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hessfree_harness::compare::report::{CompareReport, SUMMARY_FILE};
+use hessfree_harness::projection;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -17,13 +18,13 @@ pub struct ReportArgs {
     pub dirs: Vec<PathBuf>,
 }
 
-/// Comparison reports under `root` (one level deep), in name order.
+/// Comparison and projection reports under `root` (one level deep), in name order.
 fn discover(root: &Path) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     let entries = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
     for entry in entries {
         let path = entry?.path();
-        if path.join(SUMMARY_FILE).is_file() && is_compare(&path)? {
+        if path.join(SUMMARY_FILE).is_file() && kind(&path)?.is_some() {
             dirs.push(path);
         }
     }
@@ -31,11 +32,24 @@ fn discover(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-fn is_compare(dir: &Path) -> Result<bool> {
+/// The reports this command renders.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Compare,
+    Projection,
+}
+
+/// Which of [`Kind`] `dir`'s summary is, if any (the Hessian study has its
+/// own `hessian --check`).
+fn kind(dir: &Path) -> Result<Option<Kind>> {
     let text = std::fs::read_to_string(dir.join(SUMMARY_FILE))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not JSON", dir.join(SUMMARY_FILE).display()))?;
-    Ok(value.get("kind").and_then(|k| k.as_str()) == Some("compare"))
+    Ok(match value.get("kind").and_then(|k| k.as_str()) {
+        Some("compare") => Some(Kind::Compare),
+        Some("projection") => Some(Kind::Projection),
+        _ => None,
+    })
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -46,9 +60,18 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let mut stale = Vec::new();
     for dir in &dirs {
+        let kind = kind(dir)?.with_context(|| {
+            format!(
+                "{} is neither a comparison nor a projection report",
+                dir.display()
+            )
+        })?;
         if args.check {
-            let problems =
-                CompareReport::check(dir).with_context(|| format!("checking {}", dir.display()))?;
+            let problems = match kind {
+                Kind::Compare => CompareReport::check(dir).map_err(anyhow::Error::from),
+                Kind::Projection => projection::check(dir),
+            }
+            .with_context(|| format!("checking {}", dir.display()))?;
             if problems.is_empty() {
                 println!("ok     {}", dir.display());
             } else {
@@ -58,10 +81,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 }
             }
             stale.extend(problems);
-        } else {
+        } else if kind == Kind::Compare {
             let report =
                 CompareReport::load(dir).with_context(|| format!("loading {}", dir.display()))?;
             report.write(dir)?;
+            println!("regenerated {}", dir.display());
+        } else {
+            let summary =
+                projection::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+            projection::write(dir, &summary)?;
             println!("regenerated {}", dir.display());
         }
     }

@@ -10,6 +10,8 @@
 //! - [`hessian`]: the Hessian study, its schema, renderer and check;
 //! - [`curvature_check`]: gradients and curvature products against finite
 //!   differences, dense matrices and double backward;
+//! - [`projection`]: a full HF run on a model too big to train here,
+//!   projected from timed pieces and iterations;
 //! - [`bench_report`]: the benchmark summary;
 //! - [`provenance`]: where a report came from (CPU, revision, command).
 //!
@@ -23,6 +25,7 @@ pub mod curvature_check;
 pub mod experiment;
 pub mod hessian;
 pub mod method;
+pub mod projection;
 pub mod provenance;
 
 pub use experiment::{Experiment, ProblemSpec};

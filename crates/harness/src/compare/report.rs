@@ -782,11 +782,26 @@ impl CompareReport {
                 })
                 .collect();
             let _ = writeln!(md, "`{grid}`:\n\n{}", markdown_table(&headers, &rows));
-            if chosen.is_none() {
-                let _ = writeln!(
-                    md,
-                    "No point of `{grid}` finished with a finite objective, so none was continued.\n"
-                );
+            let chosen_at =
+                chosen.and_then(|c| points.iter().position(|(_, r)| r.settings == c.settings));
+            match chosen_at {
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "No point of `{grid}` finished with a finite objective, so none was continued.\n"
+                    );
+                }
+                // A best point on the grid's edge says the grid may not
+                // bracket the best value: the reader should know.
+                Some(i) if points.len() > 1 && (i == 0 || i + 1 == points.len()) => {
+                    let _ = writeln!(
+                        md,
+                        "The best point, `{}`, is at an edge of the grid: a wider grid might find a \
+                         better value.\n",
+                        points[i].1.name
+                    );
+                }
+                Some(_) => {}
             }
         }
         md

@@ -15,19 +15,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Args;
 use hessfree_harness::ProblemSpec;
-use hessfree_harness::compare::{CompareJob, NewtonSettings, RunDefaults, plan};
-use hessfree_solvers::{AdamConfig, LbfgsConfig, SgdConfig, TrustRegionConfig};
+use hessfree_harness::compare::{
+    CompareJob, NewtonSettings, RunDefaults, parse_preconditioner, plan,
+};
+use hessfree_solvers::{AdamConfig, KfacConfig, LbfgsConfig, SgdConfig, TrustRegionConfig};
 
 use crate::DataDirArgs;
 use crate::progress::progress;
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Comma-separated optimisers: sgd, adam, newton-cg, hf (Newton-CG as
-    /// Martens runs it; use with --curvature ggn), trust-region, lbfgs,
+    /// Comma-separated optimisers: sgd, adam, kfac (K-FAC, MLPs and
+    /// autoencoders), newton-cg, hf (Newton-CG as Martens runs it; use with
+    /// --curvature ggn), trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2,
-    /// laplace, seed, curvature_dtype, lr (SGD, Adam), damping (Newton-CG, hf),
-    /// hessian_batch (dense Newton) or max_time for that run. One override
+    /// laplace, seed, curvature_dtype, lr (SGD, Adam, K-FAC), damping
+    /// (Newton-CG, hf, K-FAC), momentum, adaptive, targets, inverse_every,
+    /// batch, stats_batch (K-FAC), hessian_batch (dense Newton) or max_time
+    /// for that run. One override
     /// may list values, `adam@lr=1e-4|1e-3`: a grid whose points each get
     /// --grid-time, the best then continued to --max-time.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]
@@ -164,6 +169,23 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub sgd_eval_every: u64,
 
+    /// K-FAC's mini-batch size.
+    #[arg(long, default_value_t = 1000)]
+    pub kfac_batch: usize,
+    /// Rows of each K-FAC batch its factors' statistics use.
+    #[arg(long, default_value_t = 250)]
+    pub kfac_stats_batch: usize,
+    /// Gradients of K-FAC's G factors: mc (Monte-Carlo Fisher), mc:S,
+    /// empirical, exact.
+    #[arg(long, default_value = "mc")]
+    pub kfac_targets: String,
+    /// K-FAC's initial damping λ (adapted unless adaptive=false).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub kfac_damping: f64,
+    /// Iterations between eigendecompositions of K-FAC's factors.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kfac_inverse_every: u64,
+
     /// Newton-CG's initial Tikhonov damping λ (default: 1e-4 for softmax
     /// models, which are convex, 1e-2 otherwise).
     #[arg(long, allow_negative_numbers = true)]
@@ -174,9 +196,12 @@ pub struct CompareArgs {
     /// A fixed relative CG tolerance instead of the forcing sequence min(0.5, √‖g‖).
     #[arg(long, allow_negative_numbers = true)]
     pub cg_tol: Option<f64>,
-    /// Precondition CG with the curvature diagonal, (diag + λ)^0.75.
-    #[arg(long)]
-    pub preconditioner: bool,
+    /// Precondition Newton-CG's CG: `diag` (the flag alone), the curvature
+    /// diagonal (diag + λ)^0.75; `kfac` or `kfac:TARGETS`, K-FAC's damped
+    /// inverse (MLPs and autoencoders); `none`. hf keeps its diagonal
+    /// unless a run overrides it (`hf@preconditioner=kfac`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "diag", value_name = "KIND")]
+    pub preconditioner: Option<String>,
     /// Start CG from zero instead of the previous direction.
     #[arg(long)]
     pub no_warm_start: bool,
@@ -256,6 +281,10 @@ fn references(args: &CompareArgs) -> Result<Vec<(String, f64)>> {
 impl CompareArgs {
     fn defaults(&self) -> Result<RunDefaults> {
         let (kernel, simd, cuda_blocks) = kernel_flags(self)?;
+        let precond = match &self.preconditioner {
+            Some(kind) => parse_preconditioner(kind).context("--preconditioner")?,
+            None => (false, None),
+        };
         Ok(RunDefaults {
             problem: ProblemSpec {
                 model: self.model.clone(),
@@ -291,11 +320,21 @@ impl CompareArgs {
                 seed: self.seed,
                 schedule: self.adam_schedule.parse().context("--adam-schedule")?,
             },
+            kfac: KfacConfig {
+                batch_size: self.kfac_batch,
+                stats_batch: self.kfac_stats_batch,
+                targets: self.kfac_targets.clone(),
+                damping: self.kfac_damping,
+                inverse_every: self.kfac_inverse_every,
+                seed: self.seed,
+                ..KfacConfig::default()
+            },
             newton: NewtonSettings {
                 damping: self.damping,
                 cg_max_iters: self.cg_max_iters,
                 cg_rel_tol: self.cg_tol,
-                preconditioner: self.preconditioner,
+                preconditioner: precond.0,
+                kfac_preconditioner: precond.1,
                 warm_start: !self.no_warm_start,
                 cg_backtracking: !self.no_cg_backtracking,
                 curvature_batch: self.curvature_batch.map(|n| n as usize),

@@ -69,6 +69,9 @@ fn quick_check_passes_and_prints_every_check() {
         "GGNv vs double backward",
         "gradient vs f64",
         "Hv vs f64 Hv",
+        "K-FAC (1 case) vs FD-J JᵀH_LJ",
+        "K-FAC MC error slope vs −½",
+        "K-FAC inverse·damped v vs v",
     ] {
         assert!(stdout.contains(check), "check `{check}` missing:\n{stdout}");
     }
@@ -77,17 +80,18 @@ fn quick_check_passes_and_prints_every_check() {
         stdout.contains("1e-6") && stdout.contains("1e-3"),
         "{stdout}"
     );
-    // Eight models, eight checks each, in two precisions.
+    // Eight models, eight checks each, in two precisions, and three K-FAC
+    // checks (f64) for each of the four networks.
     assert!(
-        stdout.contains("128 of 128 checks within tolerance"),
+        stdout.contains("140 of 140 checks within tolerance"),
         "{stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // Every data row of the table ends in `ok`.
     let rows = table_rows(&stdout);
-    assert_eq!(rows.len(), 128, "{stdout}");
+    assert_eq!(rows.len(), 140, "{stdout}");
     assert!(rows.iter().all(|(_, ok)| ok == "ok"), "{stdout}");
-    assert_eq!(rows.iter().filter(|(d, _)| d == "f64").count(), 64);
+    assert_eq!(rows.iter().filter(|(d, _)| d == "f64").count(), 76);
     assert_eq!(rows.iter().filter(|(d, _)| d == "f32").count(), 64);
 }
 

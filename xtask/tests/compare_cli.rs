@@ -166,7 +166,7 @@ fn bad_flags_and_missing_data_fail_without_writing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--optimizers", "sgd,rmsprop"],
-            "sgd, adam, newton-cg, hf, trust-region, lbfgs, dense-newton",
+            "sgd, adam, kfac, newton-cg, hf, trust-region, lbfgs, dense-newton",
         ),
         (vec!["--model", "cnn"], "softmax-nobias"),
         (vec!["--init", "uniform"], "glorot"),
@@ -276,7 +276,7 @@ fn autoencoder_with_a_grid_reports_reconstruction_errors() {
         "--curvature",
         "ggn",
         "--optimizers",
-        "adam@lr=1e-3|1e-2,hf@curvature_batch=50",
+        "adam@lr=1e-3|1e-2,hf@curvature_batch=50,kfac@batch=50;stats_batch=20,hf@curvature_batch=50;preconditioner=kfac",
         "--data-dir",
         data.path().to_str().unwrap(),
         "--out",
@@ -304,10 +304,12 @@ fn autoencoder_with_a_grid_reports_reconstruction_errors() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let runs = summary["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     assert_eq!(&names[..2], ["adam@lr=1e-3", "adam@lr=1e-2"]);
     assert!(names[2].ends_with("(best of grid)"), "{names:?}");
     assert_eq!(names[3], "hf@curvature_batch=50");
+    assert_eq!(runs[4]["settings"]["method"], "kfac");
+    assert_eq!(runs[5]["settings"]["kfac_preconditioner"], "mc");
     for r in runs {
         assert!(
             r.get("test_accuracy").is_none(),
@@ -349,6 +351,7 @@ fn autoencoder_with_a_grid_reports_reconstruction_errors() {
     for needle in [
         "## Why this problem\n\na small shape for the test",
         "## Learning-rate grids",
+        "is at an edge of the grid",
         "train error",
         "reconstructions.png",
         "train_error_vs_time.svg",
@@ -411,6 +414,18 @@ fn bad_grids_and_losses_are_refused_before_any_work() {
         ),
         (vec!["--loss", "hinge"], "unknown loss `hinge`"),
         (vec!["--model", "mlp:99999999999"], "bytes available"),
+        (
+            vec!["--optimizers", "kfac"],
+            "K-FAC factors the dense layers of MLPs and autoencoders",
+        ),
+        (
+            vec!["--optimizers", "newton-cg", "--preconditioner", "kfac"],
+            "`softmax` is softmax regression",
+        ),
+        (
+            vec!["--preconditioner", "lbfgs"],
+            "expected none, diag, kfac or kfac:TARGETS",
+        ),
     ] {
         let out = data.path().join("never");
         let mut full = vec!["compare", "--data-dir", dir, "--out", out.to_str().unwrap()];

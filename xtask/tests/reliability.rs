@@ -82,7 +82,7 @@ fn every_bad_input_is_refused_clearly() {
         Case {
             input: "`--optimizers sgd,rmsprop`",
             args: compare(&["--optimizers", "sgd,rmsprop"], &good),
-            expect: "expected one of: sgd, adam, newton-cg",
+            expect: "expected one of: sgd, adam, kfac, newton-cg",
             nothing_written: true,
         },
         Case {

@@ -12,7 +12,9 @@
 //! - the Gauss-Newton product with a dense `Jᵀ H_L J` (for the MLP on a
 //!   64 x 64 block, `J` restricted to those columns by finite differences of
 //!   the logits);
-//! - the closed forms and the R-operator with candle's double backward.
+//! - the closed forms and the R-operator with candle's double backward;
+//! - K-FAC: exact on one case, Monte-Carlo factors converging like `1/√S`,
+//!   and its damped inverse.
 //!
 //! Finite differences run in f64 only. The f32 rows compare the f32 products
 //! with the f64 ones at the same point instead: a finite difference in f32
@@ -29,9 +31,9 @@ use hessfree_data::{MNIST_CLASSES, load_dir, resolve_data_dir, subsample_indices
 use hessfree_model::dense::{assemble_softmax_hessian, tensor_to_mat};
 use hessfree_model::linop::vec as fv;
 use hessfree_model::{
-    Activation, AutodiffObjective, Batches, CurvatureKind, Init, Loss, MlpObjective, Model,
-    ModelSpec, Objective, ParamKind, Penalty, SigmoidCrossEntropy, SoftmaxCrossEntropy,
-    SoftmaxObjective, SquaredError, objective_for,
+    Activation, AutodiffObjective, Batches, CurvatureKind, FisherTargets, Init, LinOp, Loss,
+    MlpObjective, Model, ModelSpec, Objective, ParamKind, Penalty, SigmoidCrossEntropy,
+    SoftmaxCrossEntropy, SoftmaxObjective, SquaredError, objective_for,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -534,8 +536,9 @@ fn check_f64(case: &Case, problem: &Problem, w: &Tensor, seed: u64) -> Result<Ve
         );
         out.route(
             "GGN[S,S] vs FD-J JᵀH_LJ",
-            ggn_block_error(case, problem, ggn.as_ref(), w, &cols)?,
+            ggn_block_error(case, &problem.x64, ggn.as_ref(), w, &cols, &|_, _| true)?,
         );
+        kfac_checks(case, problem, w, &cols, seed, &mut out)?;
     }
 
     out.symmetry("symmetry of H", symmetry(hess.as_ref(), &u, &v)?);
@@ -587,6 +590,97 @@ fn check_f32(case: &Case, problem: &Problem, w64: &Tensor, seed: u64) -> Result<
         .apply(&v32)?;
     out.route("GGNv vs double backward", rel(&gv32, &gv_auto)?);
     Ok(out.rows)
+}
+
+/// Samples per case, and seeds at each, of the Monte-Carlo convergence check.
+const MC_SAMPLES: [usize; 3] = [4, 16, 64];
+const MC_SEEDS: u64 = 4;
+
+/// K-FAC's three checks (f64, MLPs and autoencoders):
+/// - on the batch's first case alone, the factors from the exact
+///   expectation are the Gauss-Newton matrix's diagonal blocks, compared on
+///   the within-layer pairs of `cols` against the same finite-difference
+///   route `J_Sᵀ H_L J_S` as the Gauss-Newton product (not against `A ⊗ G`);
+/// - Monte-Carlo `G` factors approach the exact ones like `1/√S`: the
+///   least-squares slope of log error against log S, over [`MC_SAMPLES`],
+///   is within 0.2 of −½;
+/// - the damped inverse undoes the damped operator,
+///   `‖K⁻¹ K v − v‖ / ‖v‖ ≤ 10 κ ε` with `κ` bounded by the factors'
+///   eigenvalues.
+fn kfac_checks(
+    case: &Case,
+    problem: &Problem,
+    w: &Tensor,
+    cols: &[usize],
+    seed: u64,
+    out: &mut Rows,
+) -> Result<()> {
+    let mlp = |data: Batches| -> Result<MlpObjective> {
+        Ok(MlpObjective::new(case.model.clone(), data, vec![])?.with_loss(case.loss.loss()))
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4FAC);
+    let data = problem.batches(DType::F64, case.loss)?;
+    let one = mlp(data.select(&[0])?)?;
+    let single = one.kronecker_factors(w, FisherTargets::Exact, &mut rng)?;
+    // The layer of each coordinate, from the blocks' sizes.
+    let mut ends = Vec::new();
+    let mut end = 0;
+    for l in &single.layers {
+        end += l.a.nrows() * l.g.nrows();
+        ends.push(end);
+    }
+    let layer = |i: usize| ends.iter().position(|&e| i < e);
+    let x0 = problem.x64.narrow(0, 0, 1)?;
+    out.route(
+        "K-FAC (1 case) vs FD-J JᵀH_LJ",
+        ggn_block_error(
+            case,
+            &x0,
+            &single.operator(&Device::Cpu, DType::F64)?,
+            w,
+            cols,
+            &|i, j| layer(i) == layer(j),
+        )?,
+    );
+
+    let obj = mlp(data)?;
+    let exact = obj.kronecker_factors(w, FisherTargets::Exact, &mut rng)?;
+    let mut points = Vec::new();
+    for samples in MC_SAMPLES {
+        let mut sq = 0.0;
+        for s in 0..MC_SEEDS {
+            let mut r = ChaCha8Rng::seed_from_u64(seed.wrapping_add(300 + s));
+            let mc = obj.kronecker_factors(w, FisherTargets::MonteCarlo { samples }, &mut r)?;
+            let (mut num, mut den) = (0.0, 0.0);
+            for (m, e) in mc.layers.iter().zip(&exact.layers) {
+                num += (&m.g - &e.g).squared_norm_l2();
+                den += e.g.squared_norm_l2();
+            }
+            sq += num / den;
+        }
+        points.push(((samples as f64).ln(), (sq / MC_SEEDS as f64).sqrt().ln()));
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / points.len() as f64;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    let slope = points
+        .iter()
+        .map(|p| (p.0 - mean_x) * (p.1 - mean_y))
+        .sum::<f64>()
+        / points.iter().map(|p| (p.0 - mean_x).powi(2)).sum::<f64>();
+    out.push("K-FAC MC error slope vs −½", (slope + 0.5).abs(), 0.2);
+
+    let gamma = 1e-3;
+    let eig = exact.decompose()?;
+    let damped = eig.damped(gamma, &Device::Cpu, DType::F64)?;
+    let inverse = eig.inverse(gamma, &Device::Cpu, DType::F64)?;
+    let v = unit_vector(obj.dim(), seed.wrapping_add(400))?;
+    let err = rel(&inverse.apply(&damped.apply(&v)?)?, &v)?;
+    out.push(
+        "K-FAC inverse·damped v vs v",
+        err,
+        10.0 * eig.condition_number(gamma) * f64::EPSILON,
+    );
+    Ok(())
 }
 
 /// `‖a − b‖ / ‖b‖`, in f64.
@@ -673,14 +767,16 @@ fn hessian_columns_error(
 /// `J_Sᵀ H_L J_S`, with `J_S` (the logits' Jacobian restricted to the columns
 /// `S`) by central differences and `H_L` the block-diagonal output Hessian
 /// of the case's loss, `H_ℓ(z_i) / n`.
+/// Only the pairs `(i, j)` that `pair` keeps are compared (K-FAC's
+/// operator is block-diagonal over the layers).
 fn ggn_block_error(
     case: &Case,
-    problem: &Problem,
+    x: &Tensor,
     op: &dyn hessfree_model::LinOp,
     w: &Tensor,
     cols: &[usize],
+    pair: &dyn Fn(usize, usize) -> bool,
 ) -> Result<f64> {
-    let x = &problem.x64;
     let (n, _) = x.dims2()?;
     let k = case.model.classes();
     let dim = case.model.layout().len();
@@ -723,6 +819,9 @@ fn ggn_block_error(
     for (b, &j) in cols.iter().enumerate() {
         let col = op.apply(&unit(dim, j)?)?.to_vec1::<f64>()?;
         for (a, &i) in cols.iter().enumerate() {
+            if !pair(i, j) {
+                continue;
+            }
             let dense: f64 = jac[a].iter().zip(&hl_jac[b]).map(|(x, y)| x * y).sum();
             diff += (col[i] - dense).powi(2);
             norm += dense.powi(2);
@@ -862,6 +961,21 @@ fn print_notes() {
             "GGN[S,S] vs FD-J JᵀH_LJ",
             "MLP: the 64 x 64 block (G e_j)_i, i, j in S, against J_Sᵀ H_L J_S with J_S by FD of the \
              logits and H_L the loss's output Hessian / n, written out in this check (softmax: diag p_i − p_i p_iᵀ; sigmoid: diag σ(1−σ); squared error: I); Frobenius",
+        ),
+        (
+            "K-FAC (1 case) vs FD-J JᵀH_LJ",
+            "MLP: A ⊗ G from the exact expectation on the batch's first case alone against J_Sᵀ H_L J_S \
+             of that case (as above), on the pairs of S within one layer: K-FAC is exact there",
+        ),
+        (
+            "K-FAC MC error slope vs −½",
+            "MLP: |slope + ½| of log ‖G_MC − G‖_F/‖G‖_F against log S, S = 4, 16, 64 draws per \
+             case, RMS over 4 seeds; tolerance 0.2 (absolute)",
+        ),
+        (
+            "K-FAC inverse·damped v vs v",
+            "MLP: factored Tikhonov damping γ = 1e-3 with π; tolerance 10 κ ε, κ from the factors' \
+             eigenvalues",
         ),
         (
             "symmetry of H / GGN",

@@ -7,8 +7,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use hessfree_solvers::{
-    Adam, AdamConfig, DenseNewton, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCg,
-    NewtonCgConfig, Result, RunOptions, RunOutput, Sgd, SgdConfig, TrustRegionConfig, run_solver,
+    Adam, AdamConfig, DenseNewton, DenseNewtonConfig, HfProblem, Kfac, KfacConfig, LbfgsConfig,
+    NewtonCg, NewtonCgConfig, Result, RunOptions, RunOutput, Sgd, SgdConfig, TrustRegionConfig,
+    run_solver,
 };
 
 /// Which optimiser to run, with its settings.
@@ -17,6 +18,7 @@ use hessfree_solvers::{
 pub enum Method {
     Sgd(SgdConfig),
     Adam(AdamConfig),
+    Kfac(KfacConfig),
     NewtonCg(NewtonCgConfig),
     /// Newton-CG with [`NewtonCgConfig::martens`]'s settings (the entry
     /// holds them, so a report records what ran).
@@ -27,12 +29,14 @@ pub enum Method {
 }
 
 impl Method {
-    pub const CHOICES: &'static str = "sgd, adam, newton-cg, hf, trust-region, lbfgs, dense-newton";
+    pub const CHOICES: &'static str =
+        "sgd, adam, kfac, newton-cg, hf, trust-region, lbfgs, dense-newton";
 
     pub fn name(&self) -> &'static str {
         match self {
             Method::Sgd(_) => "sgd",
             Method::Adam(_) => "adam",
+            Method::Kfac(_) => "kfac",
             Method::NewtonCg(_) => "newton-cg",
             Method::Hf(_) => "hf",
             Method::TrustRegion(_) => "trust-region",
@@ -47,10 +51,21 @@ impl Method {
         match self {
             Method::Sgd(c) => c.validate(),
             Method::Adam(c) => c.validate(),
+            Method::Kfac(c) => c.validate(),
             Method::NewtonCg(c) | Method::Hf(c) => c.validate(),
             Method::TrustRegion(c) => c.build().map(|_| ()),
             Method::Lbfgs(c) => c.build().map(|_| ()),
             Method::DenseNewton(c) => DenseNewton::new(c.clone()).map(|_| ()),
+        }
+    }
+
+    /// Whether the method needs K-FAC's Kronecker factors (K-FAC itself, or
+    /// Newton-CG preconditioned by them), which only dense layers have.
+    pub fn uses_kfac(&self) -> bool {
+        match self {
+            Method::Kfac(_) => true,
+            Method::NewtonCg(c) | Method::Hf(c) => c.kfac_preconditioner.is_some(),
+            _ => false,
         }
     }
 
@@ -62,6 +77,7 @@ impl Method {
             self,
             Method::Sgd(_)
                 | Method::Adam(_)
+                | Method::Kfac(_)
                 | Method::NewtonCg(_)
                 | Method::Hf(_)
                 | Method::TrustRegion(_)
@@ -74,6 +90,7 @@ pub fn run(method: &Method, problem: HfProblem, w0: Tensor, opts: RunOptions) ->
     match method {
         Method::Sgd(c) => run_solver(problem, Sgd::new(c.clone())?, w0, opts),
         Method::Adam(c) => run_solver(problem, Adam::new(c.clone())?, w0, opts),
+        Method::Kfac(c) => run_solver(problem, Kfac::new(c.clone())?, w0, opts),
         Method::NewtonCg(c) | Method::Hf(c) => {
             run_solver(problem, NewtonCg::new(c.clone())?, w0, opts)
         }

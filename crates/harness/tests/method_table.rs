@@ -15,8 +15,8 @@ use hessfree_model::{
     Batches, CurvatureKind, Model, ModelSpec, Objective, Penalty, SoftmaxObjective,
 };
 use hessfree_solvers::{
-    AdamConfig, CurvatureBatches, DenseNewtonConfig, HfProblem, LbfgsConfig, NewtonCgConfig,
-    RunOptions, SgdConfig, StopReason, StopRules, TrustRegionConfig,
+    AdamConfig, CurvatureBatches, DenseNewtonConfig, HfProblem, KfacConfig, LbfgsConfig,
+    NewtonCgConfig, RunOptions, SgdConfig, StopReason, StopRules, TrustRegionConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -487,11 +487,13 @@ fn run_defaults(curvature_batch: Option<usize>, hessian_fraction: f64) -> RunDef
         },
         sgd: SgdConfig::default(),
         adam: AdamConfig::default(),
+        kfac: KfacConfig::default(),
         newton: NewtonSettings {
             damping: None,
             cg_max_iters: 250,
             cg_rel_tol: None,
             preconditioner: false,
+            kfac_preconditioner: None,
             warm_start: true,
             cg_backtracking: true,
             curvature_batch,
@@ -554,5 +556,70 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
     let err = plan("hf", &run_defaults(None, 0.5)).expect_err("hf with --hessian-fraction");
     assert!(format!("{err:#}").contains("--hessian-fraction"), "{err:#}");
     assert!(plan("newton-cg", &run_defaults(None, 0.5)).is_ok());
+    Ok(())
+}
+
+#[test]
+fn the_command_line_plans_kfac_and_its_preconditioner() -> R<()> {
+    let planned = plan(
+        "kfac,kfac@adaptive=false;lr=0.05;momentum=0.8;targets=empirical;batch=200;stats_batch=50;inverse_every=10;damping=3,hf@preconditioner=kfac,newton-cg@preconditioner=kfac:exact,hf@preconditioner=none",
+        &run_defaults(None, 1.0),
+    )?;
+    let Method::Kfac(k0) = &planned[0].method else {
+        panic!("planned {}", planned[0].method.name())
+    };
+    // The factors do not see the penalty: it goes into K-FAC's damping.
+    assert_eq!(
+        *k0,
+        KfacConfig {
+            l2: 1e-4,
+            ..KfacConfig::default()
+        }
+    );
+    // A mini-batch method: the mini-batch step cap and trace interval.
+    assert_eq!((planned[0].max_iters, planned[0].trace_every), (10, 5));
+    let Method::Kfac(k1) = &planned[1].method else {
+        panic!("planned {}", planned[1].method.name())
+    };
+    assert_eq!(
+        *k1,
+        KfacConfig {
+            adaptive: false,
+            learning_rate: 0.05,
+            momentum: 0.8,
+            targets: "empirical".into(),
+            batch_size: 200,
+            stats_batch: 50,
+            inverse_every: 10,
+            damping: 3.0,
+            l2: 1e-4,
+            ..KfacConfig::default()
+        }
+    );
+    let newton = |i: usize| match &planned[i].method {
+        Method::Hf(c) | Method::NewtonCg(c) => (c.preconditioner, c.kfac_preconditioner.clone()),
+        other => panic!("planned {}", other.name()),
+    };
+    assert_eq!(newton(2), (false, Some("mc".into())));
+    assert_eq!(newton(3), (false, Some("exact".into())));
+    assert_eq!(newton(4), (false, None));
+    assert!(
+        NewtonCgConfig::martens().preconditioner,
+        "hf's own default is the diagonal"
+    );
+
+    for (bad, says) in [
+        ("sgd@preconditioner=kfac", "an override of newton-cg and hf"),
+        (
+            "hf@preconditioner=lbfgs",
+            "expected none, diag, kfac or kfac:TARGETS",
+        ),
+        ("kfac@targets=fisher", "mc, mc:SAMPLES, empirical, exact"),
+        ("kfac@adaptive=maybe", "expected true or false"),
+        ("kfac@batch=0", "expected a positive integer"),
+    ] {
+        let err = format!("{:#}", plan(bad, &run_defaults(None, 1.0)).unwrap_err());
+        assert!(err.contains(says), "{bad}: {err}");
+    }
     Ok(())
 }

@@ -88,6 +88,15 @@ impl Objective for CastObjective {
         self.inner.dense_curvature(&self.down(w)?, kind)
     }
 
+    fn kronecker_factors(
+        &self,
+        w: &Tensor,
+        targets: crate::kfac::FisherTargets,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<crate::kfac::KroneckerFactors> {
+        self.inner.kronecker_factors(&self.down(w)?, targets, rng)
+    }
+
     fn kernel_name(&self) -> String {
         format!(
             "{} (inside {})",

@@ -187,12 +187,14 @@ impl CgOutcome {
 }
 
 /// Solves `A x = b` approximately. `x0` warm-starts (it is dropped if it is
-/// worse than zero, φ(x0) ≥ 0); `minv` is the inverse diagonal preconditioner.
+/// worse than zero, φ(x0) ≥ 0); `minv` applies the preconditioner's
+/// inverse `M⁻¹`, symmetric positive definite: a [`crate::linop::Diagonal`]
+/// (Martens' `(diag + λ)^−¾`) or K-FAC's damped inverse.
 pub fn conjugate_gradient(
     a: &dyn LinOp,
     b: &Tensor,
     x0: Option<&Tensor>,
-    minv: Option<&Tensor>,
+    minv: Option<&dyn LinOp>,
     opts: &CgOptions,
 ) -> Result<CgOutcome> {
     if b.elem_count() != a.dim() {
@@ -218,7 +220,7 @@ pub fn conjugate_gradient(
     };
     let precondition = |r: &Tensor| -> Result<Tensor> {
         Ok(match minv {
-            Some(m) => (r * m)?,
+            Some(m) => m.apply(r)?,
             None => r.clone(),
         })
     };
@@ -361,7 +363,13 @@ mod tests {
             rel_tol: 1e-12,
             ..Default::default()
         };
-        let out = conjugate_gradient(&a, &b, None, Some(&minv), &opts)?;
+        let out = conjugate_gradient(
+            &a,
+            &b,
+            None,
+            Some(&crate::linop::Diagonal::new(minv)),
+            &opts,
+        )?;
         assert_eq!(out.iters, 1);
         Ok(())
     }

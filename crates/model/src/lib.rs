@@ -9,6 +9,8 @@
 //!   closed form ([`SoftmaxObjective`]), by the R-operator ([`MlpObjective`])
 //!   and by double backward for any candle model ([`AutodiffObjective`]);
 //! - [`LinOp`]: the curvature as an operator that counts its own products;
+//! - [`kfac`]: Kronecker-factored curvature of an MLP's dense layers and
+//!   its damped inverse, as [`LinOp`]s;
 //! - [`cg`]: preconditioned conjugate gradients on a [`LinOp`], the one CG
 //!   that the solvers and the analysis both use.
 
@@ -24,6 +26,7 @@ pub mod fused;
 #[cfg(feature = "cuda")]
 mod fused_cuda;
 pub mod fused_ops;
+pub mod kfac;
 pub mod linop;
 pub mod loss;
 pub mod mlp;
@@ -40,7 +43,10 @@ pub use autodiff::{AutodiffObjective, LogitsFn};
 pub use cast::CastObjective;
 pub use cg::{CgOptions, CgOutcome, CgStop, conjugate_gradient};
 pub use error::{ModelError, Result};
-pub use linop::{Damped, LinOp, Sum};
+pub use kfac::{
+    FisherTargets, KfacEigen, Kronecker, KroneckerFactors, LayerFactors, ShiftedKroneckerInverse,
+};
+pub use linop::{Damped, Diagonal, LinOp, Sum};
 pub use loss::{Loss, LossChoice, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError};
 pub use mlp::MlpObjective;
 pub use model::{Activation, Hidden, Init, Model, ModelSpec};

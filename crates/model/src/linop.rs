@@ -59,6 +59,33 @@ impl LinOp for Damped {
     }
 }
 
+/// `v ↦ d ⊙ v`: a diagonal operator, such as a diagonal preconditioner's
+/// inverse.
+pub struct Diagonal {
+    d: Tensor,
+}
+
+impl Diagonal {
+    /// The diagonal `d`, a 1-D tensor.
+    pub fn new(d: Tensor) -> Self {
+        Self { d }
+    }
+}
+
+impl LinOp for Diagonal {
+    fn dim(&self) -> usize {
+        self.d.elem_count()
+    }
+
+    fn apply(&self, v: &Tensor) -> Result<Tensor> {
+        Ok((v * &self.d)?)
+    }
+
+    fn samples_per_apply(&self) -> usize {
+        0
+    }
+}
+
 /// The sum of operators, e.g. a data term plus a regulariser's Hessian.
 pub struct Sum {
     terms: Vec<Arc<dyn LinOp>>,

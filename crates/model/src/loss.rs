@@ -13,7 +13,10 @@
 //! semi-definite and so is the Gauss-Newton matrix. [`Loss::output_curvature`]
 //! applies `H_ℓ(z_i)` row by row.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::Result;
 
@@ -35,6 +38,39 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
     /// backward passes (the MLP's R-operator): each loss here is matched to
     /// its output non-linearity, so the gradient is "prediction − target".
     fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)>;
+
+    /// `∂ℓ(z_i, ŷ_i)/∂z` row by row for targets `ŷ_i` drawn from the
+    /// model's predictive distribution at `z` (a class from the softmax, a
+    /// Bernoulli pixel, `z + N(0, I)`). Its outer products average to
+    /// `H_ℓ(z_i)` over the draws: the Monte-Carlo Fisher K-FAC samples.
+    fn sampled_output_gradient(&self, z: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor>;
+
+    /// Matrices `B_c` `[n, outputs]`, one per output `c`, whose rows give
+    /// `Σ_c B_c,i B_c,iᵀ = H_ℓ(z_i)`: a square root of the loss's Hessian,
+    /// so that back-propagating each `B_c` gives the exact expectation
+    /// [`Self::sampled_output_gradient`] estimates.
+    fn output_curvature_factor(&self, z: &Tensor) -> Result<Vec<Tensor>>;
+}
+
+/// Each row of `z` as `f64`s, with its shape.
+fn host_rows(z: &Tensor) -> Result<(usize, usize, Vec<f64>)> {
+    let (n, k) = z.dims2()?;
+    let v = z.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok((n, k, v))
+}
+
+/// `v` `[n, k]` on `like`'s device and in its dtype.
+fn like_tensor(v: Vec<f64>, n: usize, k: usize, like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, (n, k), like.device())?.to_dtype(like.dtype())?)
+}
+
+/// `e_c` as an `[n, k]` matrix of one-hot rows, in `like`'s dtype and device.
+fn unit_column(n: usize, k: usize, c: usize, like: &Tensor) -> Result<Tensor> {
+    let mut v = vec![0.0; n * k];
+    for i in 0..n {
+        v[i * k + c] = 1.0;
+    }
+    like_tensor(v, n, k, like)
 }
 
 /// Softmax over the outputs, then cross-entropy against target
@@ -60,6 +96,39 @@ impl Loss for SoftmaxCrossEntropy {
     fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
         let (loss, p) = crate::objective::softmax_cross_entropy(z, y)?;
         Ok((loss, (p - y)?))
+    }
+
+    fn sampled_output_gradient(&self, z: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let p = candle_nn::ops::softmax_last_dim(z)?;
+        let (n, k, mut g) = host_rows(&p)?;
+        for row in g.chunks_exact_mut(k) {
+            // The class whose cumulative probability first passes u; the
+            // last one if rounding leaves the total just under u.
+            let u: f64 = rng.random();
+            let mut total = 0.0;
+            let mut class = k - 1;
+            for (c, &pc) in row.iter().enumerate() {
+                total += pc;
+                if u < total {
+                    class = c;
+                    break;
+                }
+            }
+            row[class] -= 1.0;
+        }
+        like_tensor(g, n, k, z)
+    }
+
+    fn output_curvature_factor(&self, z: &Tensor) -> Result<Vec<Tensor>> {
+        // diag(p) − p pᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ.
+        let p = candle_nn::ops::softmax_last_dim(z)?;
+        let (n, k) = p.dims2()?;
+        (0..k)
+            .map(|c| {
+                let root = p.narrow(1, c, 1)?.sqrt()?;
+                Ok((unit_column(n, k, c, &p)? - &p)?.broadcast_mul(&root)?)
+            })
+            .collect()
     }
 }
 
@@ -91,6 +160,28 @@ impl Loss for SigmoidCrossEntropy {
         let g = (candle_nn::ops::sigmoid(z)? - y)?;
         Ok((sum_f64(self, z, y)?, g))
     }
+
+    fn sampled_output_gradient(&self, z: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let s = candle_nn::ops::sigmoid(z)?;
+        let (n, k, mut g) = host_rows(&s)?;
+        for x in &mut g {
+            let u: f64 = rng.random();
+            if u < *x {
+                *x -= 1.0;
+            }
+        }
+        like_tensor(g, n, k, z)
+    }
+
+    fn output_curvature_factor(&self, z: &Tensor) -> Result<Vec<Tensor>> {
+        // diag(σ(1 − σ)) = Σ_c σ_c(1 − σ_c) e_c e_cᵀ.
+        let s = candle_nn::ops::sigmoid(z)?;
+        let root = (&s * (1.0 - &s)?)?.sqrt()?;
+        let (n, k) = s.dims2()?;
+        (0..k)
+            .map(|c| Ok((unit_column(n, k, c, &s)? * &root)?))
+            .collect()
+    }
 }
 
 /// Squared error for linear outputs: `ℓ = ½ Σ_c (z_c − y_c)²`, so that the
@@ -113,6 +204,23 @@ impl Loss for SquaredError {
 
     fn value_and_output_gradient(&self, z: &Tensor, y: &Tensor) -> Result<(f64, Tensor)> {
         Ok((sum_f64(self, z, y)?, (z - y)?))
+    }
+
+    fn sampled_output_gradient(&self, z: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        // ŷ = z + ε, so ∂ℓ/∂z = z − ŷ = −ε.
+        let (n, k) = z.dims2()?;
+        let g = (0..n * k)
+            .map(|_| {
+                let e: f64 = StandardNormal.sample(rng);
+                -e
+            })
+            .collect::<Vec<f64>>();
+        like_tensor(g, n, k, z)
+    }
+
+    fn output_curvature_factor(&self, z: &Tensor) -> Result<Vec<Tensor>> {
+        let (n, k) = z.dims2()?;
+        (0..k).map(|c| unit_column(n, k, c, z)).collect()
     }
 }
 
@@ -205,6 +313,47 @@ mod tests {
             let err = (&fd - &hu)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(err < 1e-7, "{}: H u off by {err:e}", loss.name());
         }
+        Ok(())
+    }
+
+    /// `Σ_c B_c B_cᵀ u = H_ℓ u` row by row, and the sampled gradients'
+    /// outer products average to the same `H_ℓ` (to Monte-Carlo error).
+    #[test]
+    fn curvature_factors_and_samples_reproduce_the_output_hessian() -> Result<()> {
+        use rand::SeedableRng;
+        let dev = Device::Cpu;
+        let z = Tensor::new(&[[0.3f64, -1.2, 2.0], [-0.5, 0.1, 1.0]], &dev)?;
+        let u = Tensor::new(&[[1.0f64, -2.0, 0.5], [0.3, 0.7, -1.1]], &dev)?;
+        let losses: [&dyn Loss; 3] = [&SoftmaxCrossEntropy, &SigmoidCrossEntropy, &SquaredError];
+        for loss in losses {
+            let hu = loss.output_curvature(&z, &u)?;
+            let mut from_factor = u.zeros_like()?;
+            for b in loss.output_curvature_factor(&z)? {
+                let bu = (&b * &u)?.sum_keepdim(1)?;
+                from_factor = (from_factor + b.broadcast_mul(&bu)?)?;
+            }
+            let err = (&from_factor - &hu)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(err < 1e-14, "{}: B Bᵀ u off by {err:e}", loss.name());
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            let draws = 20_000;
+            let mut mean = u.zeros_like()?;
+            for _ in 0..draws {
+                let g = loss.sampled_output_gradient(&z, &mut rng)?;
+                let gu = (&g * &u)?.sum_keepdim(1)?;
+                mean = (mean + g.broadcast_mul(&gu)?)?;
+            }
+            let mean = (mean / draws as f64)?;
+            let err = (&mean - &hu)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            // Entries of H u are O(1); the standard error at 20000 draws
+            // is about 0.01.
+            assert!(err < 0.06, "{}: sampled g gᵀ u off by {err:e}", loss.name());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn closed_forms_of_the_values() -> Result<()> {
+        let dev = Device::Cpu;
         // Closed forms of the values.
         let z = Tensor::new(&[[0.5f64, -2.0]], &dev)?;
         let t = Tensor::new(&[[1.0f64, 0.0]], &dev)?;

@@ -20,10 +20,12 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use rand_chacha::ChaCha8Rng;
 
 use crate::csr::{CsrU8, byte_density, csr_max_density};
 use crate::error::{ModelError, Result};
 use crate::fused::{XStorage, batch_bytes, simd_level};
+use crate::kfac::{FisherTargets, KroneckerFactors, LayerFactors};
 use crate::linop::LinOp;
 use crate::loss::Loss;
 use crate::model::{Activation, Model, ModelSpec};
@@ -46,6 +48,15 @@ pub struct MlpObjective {
     /// work on MNIST, then run over the non-zero pixels only.
     sparse: Option<Vec<Arc<CsrU8>>>,
     loss: Arc<dyn Loss>,
+}
+
+/// One chunk's forward pass (see [`ChunkCache`] for the fields).
+struct Forward {
+    inputs: Vec<Tensor>,
+    sparse_x: Option<Arc<CsrU8>>,
+    d1: Vec<Tensor>,
+    d2: Vec<Tensor>,
+    z_out: Tensor,
 }
 
 /// Everything the backward and R passes need from one chunk's forward pass.
@@ -156,13 +167,10 @@ impl MlpObjective {
         Ok(squares.affine(n, 0.0)?)
     }
 
-    /// Forward and backward pass over one chunk: the summed loss and the caches.
-    fn forward_backward(
-        &self,
-        layers: &[(Tensor, Option<Tensor>)],
-        chunk: usize,
-    ) -> Result<(f64, ChunkCache)> {
-        let (x, y) = &self.data.chunks()[chunk];
+    /// The forward pass over one chunk: each layer's input, the
+    /// activations' derivatives and the outputs.
+    fn forward(&self, layers: &[(Tensor, Option<Tensor>)], chunk: usize) -> Result<Forward> {
+        let (x, _) = &self.data.chunks()[chunk];
         let sparse_x = self.sparse.as_ref().map(|s| s[chunk].clone());
         let last = layers.len() - 1;
         let mut inputs = vec![x.clone()];
@@ -185,6 +193,29 @@ impl MlpObjective {
             }
         }
         let z_out = z_out.ok_or_else(|| ModelError::Spec("the MLP has no layers".into()))?;
+        Ok(Forward {
+            inputs,
+            sparse_x,
+            d1,
+            d2,
+            z_out,
+        })
+    }
+
+    /// Forward and backward pass over one chunk: the summed loss and the caches.
+    fn forward_backward(
+        &self,
+        layers: &[(Tensor, Option<Tensor>)],
+        chunk: usize,
+    ) -> Result<(f64, ChunkCache)> {
+        let (_, y) = &self.data.chunks()[chunk];
+        let Forward {
+            inputs,
+            sparse_x,
+            d1,
+            d2,
+            z_out,
+        } = self.forward(layers, chunk)?;
         let (loss, grad_out) = self.loss.value_and_output_gradient(&z_out, y)?;
         let n = self.data.rows() as f64;
         let mut deltas = vec![None; layers.len()];
@@ -431,6 +462,78 @@ impl Objective for MlpObjective {
             ),
             None => format!("candle {}", self.dtype().as_str()),
         }
+    }
+
+    /// `A = (1/n) Σ ā āᵀ` of each layer's input with a ones column, and
+    /// `G = (1/n) Σ g gᵀ` of the per-case gradients with respect to its
+    /// pre-activations, back-propagated from `targets`. The penalties are
+    /// not part of them.
+    fn kronecker_factors(
+        &self,
+        w: &Tensor,
+        targets: FisherTargets,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<KroneckerFactors> {
+        let layers = self.model.layers(w)?;
+        let nl = layers.len();
+        let mut a_sum: Vec<Option<Tensor>> = vec![None; nl];
+        let mut g_sum: Vec<Option<Tensor>> = vec![None; nl];
+        let add = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
+            *acc = Some(match acc.take() {
+                None => t,
+                Some(old) => (old + t)?,
+            });
+            Ok(())
+        };
+        for chunk in 0..self.data.chunks().len() {
+            let f = self.forward(&layers, chunk)?;
+            let (_, y) = &self.data.chunks()[chunk];
+            for (l, a) in f.inputs.iter().enumerate() {
+                let ones = Tensor::ones((a.dim(0)?, 1), a.dtype(), a.device())?;
+                let abar = Tensor::cat(&[a, &ones], 1)?;
+                add(&mut a_sum[l], abar.t()?.matmul(&abar)?)?;
+            }
+            let (outputs, weight) = match targets {
+                FisherTargets::MonteCarlo { samples } => (
+                    (0..samples.max(1))
+                        .map(|_| self.loss.sampled_output_gradient(&f.z_out, rng))
+                        .collect::<Result<Vec<_>>>()?,
+                    1.0 / samples.max(1) as f64,
+                ),
+                FisherTargets::Empirical => (
+                    vec![self.loss.value_and_output_gradient(&f.z_out, y)?.1],
+                    1.0,
+                ),
+                FisherTargets::Exact => (self.loss.output_curvature_factor(&f.z_out)?, 1.0),
+            };
+            for mut g in outputs {
+                for l in (0..nl).rev() {
+                    add(&mut g_sum[l], g.t()?.matmul(&g)?.affine(weight, 0.0)?)?;
+                    if l > 0 {
+                        g = (g.matmul(&layers[l].0.t()?)? * &f.d1[l - 1])?;
+                    }
+                }
+            }
+        }
+        let n = self.data.rows() as f64;
+        let mean = |t: Option<Tensor>| -> Result<faer::Mat<f64>> {
+            let t = t.ok_or_else(|| ModelError::Batch("empty batch".into()))?;
+            let mut m = crate::dense::tensor_to_mat(&t)?;
+            m *= faer::Scale(1.0 / n);
+            Ok(m)
+        };
+        Ok(KroneckerFactors {
+            layers: a_sum
+                .into_iter()
+                .zip(g_sum)
+                .map(|(a, g)| {
+                    Ok(LayerFactors {
+                        a: mean(a)?,
+                        g: mean(g)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        })
     }
 
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {

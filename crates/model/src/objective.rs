@@ -5,8 +5,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ModelError, Result};
+use crate::kfac::{FisherTargets, KroneckerFactors};
 use crate::linop::LinOp;
 use crate::params::ParamLayout;
 
@@ -105,6 +107,23 @@ pub trait Objective: Send + Sync {
     /// same numbers come from the same kernel, dtype and instruction set.
     fn kernel_name(&self) -> String {
         format!("candle {}", self.dtype().as_str())
+    }
+
+    /// K-FAC's Kronecker factors of every layer at `w` over this batch
+    /// ([`crate::kfac`]; `rng` draws Monte-Carlo targets). Only objectives
+    /// made of dense layers have them; the others refuse, so that K-FAC
+    /// can be refused before any work (ask on a one-row [`Self::subsample`]).
+    fn kronecker_factors(
+        &self,
+        _w: &Tensor,
+        _targets: FisherTargets,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<KroneckerFactors> {
+        Err(ModelError::Unsupported(format!(
+            "K-FAC factors the dense layers of MLPs and autoencoders (`mlp:...`, \
+             `autoencoder:...`, built by MlpObjective); this objective ({}) is not one",
+            self.kernel_name()
+        )))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Solvers on top of hessfree's objectives and curvature operators, run
 //! through argmin's `Executor`: damped Newton-CG (our own argmin solver),
 //! trust-region Newton-CG (argmin's `Steihaug` in a loop of our own), L-BFGS,
-//! SGD, Adam and dense Newton, with one trace format and one set of stopping
+//! SGD, Adam, K-FAC and dense Newton, with one trace format and one set of stopping
 //! rules.
 
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod argmin_params;
 pub mod checkpoint;
 pub mod dense_newton;
 pub mod error;
+pub mod kfac;
 pub mod lbfgs;
 pub mod line_search;
 pub mod minibatch;
@@ -30,6 +31,7 @@ pub use argmin_params::Params;
 pub use checkpoint::{Snapshot, SolverState};
 pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
+pub use kfac::{Kfac, KfacConfig};
 pub use lbfgs::{Lbfgs, LbfgsConfig};
 pub use newton_cg::{CurvatureBatches, NewtonCg, NewtonCgConfig};
 pub use problem::{CurvatureOperator, HfProblem};

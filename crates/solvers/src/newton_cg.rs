@@ -35,7 +35,9 @@ use argmin::core::{KV, Problem, Solver};
 use argmin::kv;
 use candle_core::Tensor;
 use hessfree_model::linop::vec;
-use hessfree_model::{Damped, LinOp};
+use hessfree_model::{Damped, Diagonal, FisherTargets, LinOp};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::argmin_glue::{HfState, hf_problem, init_state, param_device, take_point};
@@ -102,6 +104,15 @@ pub struct NewtonCgConfig {
     /// `curvature_batches`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rho_on_curvature_batch: bool,
+    /// Precondition CG with K-FAC's damped inverse instead of a diagonal:
+    /// the Kronecker factors of the curvature batch (or the curvature
+    /// objective) at each iterate, their `G` from these Fisher targets
+    /// (`mc`, `mc:S`, `empirical`, `exact`); the preconditioner is
+    /// `(A ⊗ G + λI)⁻¹` with the system's own damping `λ`
+    /// ([`hessfree_model::KfacEigen::shifted_inverse`]). MLPs and
+    /// autoencoders only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kfac_preconditioner: Option<String>,
     /// The first kept CG iterate ([`CgOptions::first_save`]); `None` keeps
     /// this solver's original points from 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +158,7 @@ impl Default for NewtonCgConfig {
             max_failures: 12,
             curvature_batches: None,
             rho_on_curvature_batch: false,
+            kfac_preconditioner: None,
             cg_first_save: None,
             warm_start_from_final: false,
         }
@@ -228,6 +240,14 @@ impl NewtonCgConfig {
             }
         };
         positive("damping", self.initial_damping)?;
+        if let Some(t) = &self.kfac_preconditioner {
+            if self.preconditioner {
+                return Err(SolverError::Config(
+                    "choose one preconditioner: the diagonal or K-FAC's, not both".into(),
+                ));
+            }
+            t.parse::<FisherTargets>()?;
+        }
         positive("min damping", self.min_damping)?;
         positive("max damping", self.max_damping)?;
         if !(self.min_damping <= self.initial_damping && self.initial_damping <= self.max_damping) {
@@ -389,9 +409,27 @@ impl NewtonCg {
         };
         let op: Arc<dyn LinOp> = Arc::new(batch.as_ref().unwrap_or(prob).curvature(&w)?);
         let damped = Damped::new(op, lambda);
-        let minv = if c.preconditioner {
+        let minv: Option<Box<dyn LinOp>> = if let Some(targets) = &c.kfac_preconditioner {
+            let on = batch.as_ref().unwrap_or(prob);
+            on.counters().touch(on.curvature_objective().num_samples());
+            // Seeded by the point (its gradient's norm), so that a resumed
+            // run draws the same targets.
+            let mut rng = ChaCha8Rng::seed_from_u64(g_norm.to_bits());
+            let factors = on.curvature_objective().kronecker_factors(
+                &w,
+                targets.parse::<FisherTargets>()?,
+                &mut rng,
+            )?;
+            Some(Box::new(factors.decompose()?.shifted_inverse(
+                lambda,
+                w.device(),
+                w.dtype(),
+            )?))
+        } else if c.preconditioner {
             let d = prob.diag_curvature(&w)?;
-            Some((d + lambda)?.powf(-c.preconditioner_exponent)?)
+            Some(Box::new(Diagonal::new(
+                (d + lambda)?.powf(-c.preconditioner_exponent)?,
+            )))
         } else {
             None
         };
@@ -407,7 +445,7 @@ impl NewtonCg {
             _ => None,
         };
         let b = g.neg()?;
-        let out = conjugate_gradient(&damped, &b, warm.as_ref(), minv.as_ref(), &opts)?;
+        let out = conjugate_gradient(&damped, &b, warm.as_ref(), minv.as_deref(), &opts)?;
         prob.take_deferred()?;
 
         // CG backtracking: walk back from the last kept iterate while the

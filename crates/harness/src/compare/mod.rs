@@ -23,7 +23,7 @@ use crate::provenance;
 pub mod plan;
 pub mod report;
 
-pub use plan::{GridPoint, NewtonSettings, PlannedRun, RunDefaults, plan};
+pub use plan::{GridPoint, NewtonSettings, PlannedRun, RunDefaults, parse_preconditioner, plan};
 pub use report::{CompareReport, CompareSummary, DatasetInfo, Host, RunSummary};
 
 /// A comparison, every setting parsed and checked.
@@ -489,6 +489,17 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
     let splits = load_dir(&data_dir.path, MNIST_CLASSES)?;
     for p in &job.runs {
         Experiment::check(&p.spec, &splits.train).with_context(|| format!("run `{}`", p.label))?;
+        if p.method.uses_kfac() {
+            let parsed = p.spec.parse(splits.train.rows, splits.train.cols)?;
+            if matches!(parsed.model, hessfree_model::ModelSpec::Softmax { .. }) {
+                bail!(
+                    "run `{}`: K-FAC factors the dense layers of MLPs and autoencoders \
+                     (`mlp:...`, `autoencoder:...`); `{}` is softmax regression",
+                    p.label,
+                    p.spec.model
+                );
+            }
+        }
     }
 
     let mut done: Vec<Finished> = Vec::new();

@@ -12,8 +12,8 @@
 
 use anyhow::{Context, Result, bail};
 use hessfree_solvers::{
-    AdamConfig, CurvatureBatches, DenseNewtonConfig, LbfgsConfig, NewtonCgConfig, SgdConfig,
-    TrustRegionConfig,
+    AdamConfig, CurvatureBatches, DenseNewtonConfig, KfacConfig, LbfgsConfig, NewtonCgConfig,
+    SgdConfig, TrustRegionConfig,
 };
 
 use crate::experiment::ProblemSpec;
@@ -28,6 +28,9 @@ pub struct NewtonSettings {
     pub cg_max_iters: usize,
     pub cg_rel_tol: Option<f64>,
     pub preconditioner: bool,
+    /// Newton-CG's CG preconditioned by K-FAC with these Fisher targets
+    /// instead (`--preconditioner kfac`).
+    pub kfac_preconditioner: Option<String>,
     pub warm_start: bool,
     pub cg_backtracking: bool,
     /// Rows per curvature mini-batch (Newton-CG: off when `None`; hf: its
@@ -47,6 +50,7 @@ impl NewtonSettings {
             cg_max_iters: self.cg_max_iters,
             cg_rel_tol: self.cg_rel_tol,
             preconditioner: self.preconditioner,
+            kfac_preconditioner: self.kfac_preconditioner.clone(),
             warm_start_decay: self.warm_start.then_some(0.95),
             cg_backtracking: self.cg_backtracking,
             curvature_batches: self.curvature_batch.map(|size| CurvatureBatches {
@@ -83,6 +87,7 @@ pub struct RunDefaults {
     pub problem: ProblemSpec,
     pub sgd: SgdConfig,
     pub adam: AdamConfig,
+    pub kfac: KfacConfig,
     pub newton: NewtonSettings,
     pub trust_region: TrustRegionConfig,
     pub lbfgs: LbfgsConfig,
@@ -90,7 +95,7 @@ pub struct RunDefaults {
     pub hessian_batch: usize,
     /// Iteration cap of every method except SGD.
     pub max_iters: u64,
-    /// The iteration cap of the mini-batch methods (SGD, Adam).
+    /// The iteration cap of the mini-batch methods (SGD, Adam, K-FAC).
     pub sgd_steps: u64,
     /// The mini-batch methods' trace interval (their full-batch objective
     /// costs a data pass).
@@ -129,9 +134,14 @@ pub struct PlannedRun {
     pub checkpoint_every: Option<u64>,
 }
 
-/// `lr` sets SGD's or Adam's learning rate, whichever the run is.
+/// `lr` sets SGD's, Adam's or K-FAC's learning rate, whichever the run is
+/// (K-FAC's only matters with `adaptive=false`); `damping` Newton-CG's, hf's
+/// or K-FAC's initial damping; `momentum`, `adaptive`, `targets`,
+/// `inverse_every`, `batch` and `stats_batch` are K-FAC's; `preconditioner`
+/// (`none`, `diag`, `kfac` or `kfac:TARGETS`) is Newton-CG's and hf's.
 const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, hessian_fraction, lr, damping, \
-     curvature_batch, hessian_batch, max_time, checkpoint_every";
+     curvature_batch, hessian_batch, max_time, checkpoint_every, momentum, adaptive, targets, \
+     inverse_every, batch, stats_batch, preconditioner";
 
 /// The runs of a comma-separated `optimizers` list.
 pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
@@ -221,16 +231,34 @@ fn plan_grid(token: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
     Ok(points)
 }
 
+/// `none`, `diag` or `kfac[:TARGETS]` as (diagonal?, K-FAC's targets).
+pub fn parse_preconditioner(value: &str) -> Result<(bool, Option<String>)> {
+    Ok(match value {
+        "none" => (false, None),
+        "diag" => (true, None),
+        "kfac" => (false, Some("mc".into())),
+        other => match other.strip_prefix("kfac:") {
+            Some(targets) => (false, Some(targets.to_string())),
+            None => bail!(
+                "unknown preconditioner `{other}`; expected none, diag, kfac or kfac:TARGETS \
+                 (TARGETS: mc, mc:S, empirical, exact)"
+            ),
+        },
+    })
+}
+
 fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let (name, overrides) = token.split_once('@').unwrap_or((token, ""));
     let mut spec = defaults.problem.clone();
     let mut sgd = defaults.sgd.clone();
     let mut adam = defaults.adam.clone();
+    let mut kfac = defaults.kfac.clone();
     let mut damping = None;
     let mut newton = defaults.newton.clone();
     let mut hessian_batch = defaults.hessian_batch;
     let mut max_time = defaults.max_time;
     let mut checkpoint_every = None;
+    let mut preconditioner = None;
     for kv in overrides.split(';').filter(|s| !s.is_empty()) {
         let (key, value) = kv
             .split_once('=')
@@ -250,6 +278,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .with_context(|| format!("override `{kv}`: expected an integer"))?;
                 sgd.seed = spec.seed;
                 adam.seed = spec.seed;
+                kfac.seed = spec.seed;
             }
             "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
             "hessian_fraction" => spec.hessian_fraction = num()?,
@@ -265,6 +294,27 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
             "lr" => {
                 sgd.learning_rate = num()?;
                 adam.learning_rate = sgd.learning_rate;
+                kfac.learning_rate = sgd.learning_rate;
+            }
+            "momentum" => kfac.momentum = num()?,
+            "preconditioner" => preconditioner = Some(parse_preconditioner(value)?),
+            "adaptive" => {
+                kfac.adaptive = value
+                    .parse()
+                    .with_context(|| format!("override `{kv}`: expected true or false"))?;
+            }
+            "targets" => kfac.targets = value.to_string(),
+            "inverse_every" | "batch" | "stats_batch" => {
+                let n: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
+                match key {
+                    "inverse_every" => kfac.inverse_every = n as u64,
+                    "batch" => kfac.batch_size = n,
+                    _ => kfac.stats_batch = n,
+                }
             }
             "damping" => damping = Some(num()?),
             "curvature_batch" => {
@@ -293,6 +343,14 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let method = match name {
         "sgd" => Method::Sgd(sgd),
         "adam" => Method::Adam(adam),
+        "kfac" => {
+            if let Some(d) = damping {
+                kfac.damping = d;
+            }
+            // The factors do not see the penalty: K-FAC adds it to its damping.
+            kfac.l2 = spec.l2;
+            Method::Kfac(kfac)
+        }
         "newton-cg" => {
             let mut c = newton.config(&spec);
             if let Some(d) = damping {
@@ -318,6 +376,16 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
             Method::CHOICES
         ),
     };
+    let mut method = method;
+    if let Some((diagonal, kfac)) = preconditioner {
+        match &mut method {
+            Method::NewtonCg(c) | Method::Hf(c) => {
+                c.preconditioner = diagonal;
+                c.kfac_preconditioner = kfac;
+            }
+            _ => bail!("run `{token}`: `preconditioner` is an override of newton-cg and hf"),
+        }
+    }
     method
         .validate()
         .with_context(|| format!("run `{token}`"))?;
@@ -330,7 +398,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
              drop --hessian-fraction or the curvature batches"
         );
     }
-    let is_sgd = matches!(method, Method::Sgd(_) | Method::Adam(_));
+    let is_sgd = matches!(method, Method::Sgd(_) | Method::Adam(_) | Method::Kfac(_));
     Ok(PlannedRun {
         label: token.to_string(),
         method,

@@ -562,7 +562,7 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
 #[test]
 fn the_command_line_plans_kfac_and_its_preconditioner() -> R<()> {
     let planned = plan(
-        "kfac,kfac@adaptive=false;lr=0.05;momentum=0.8;targets=empirical;batch=200;stats_batch=50;inverse_every=10;damping=3,hf@preconditioner=kfac,newton-cg@preconditioner=kfac:exact,hf@preconditioner=none",
+        "kfac,kfac@adaptive=false;lr=0.05;momentum=0.8;targets=empirical;batch=200;stats_batch=50;inverse_every=10;damping=3;trace_every=2,hf@preconditioner=kfac,newton-cg@preconditioner=kfac:exact,hf@preconditioner=none",
         &run_defaults(None, 1.0),
     )?;
     let Method::Kfac(k0) = &planned[0].method else {
@@ -578,6 +578,7 @@ fn the_command_line_plans_kfac_and_its_preconditioner() -> R<()> {
     );
     // A mini-batch method: the mini-batch step cap and trace interval.
     assert_eq!((planned[0].max_iters, planned[0].trace_every), (10, 5));
+    assert_eq!(planned[1].trace_every, 2);
     let Method::Kfac(k1) = &planned[1].method else {
         panic!("planned {}", planned[1].method.name())
     };

@@ -138,10 +138,12 @@ pub struct PlannedRun {
 /// (K-FAC's only matters with `adaptive=false`); `damping` Newton-CG's, hf's
 /// or K-FAC's initial damping; `momentum`, `adaptive`, `targets`,
 /// `inverse_every`, `batch` and `stats_batch` are K-FAC's; `preconditioner`
-/// (`none`, `diag`, `kfac` or `kfac:TARGETS`) is Newton-CG's and hf's.
+/// (`none`, `diag`, `kfac` or `kfac:TARGETS`) is Newton-CG's and hf's;
+/// `trace_every` sets the run's trace interval (a K-FAC step costs many
+/// SGD steps, so it wants a shorter one than `--sgd-eval-every`).
 const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, hessian_fraction, lr, damping, \
      curvature_batch, hessian_batch, max_time, checkpoint_every, momentum, adaptive, targets, \
-     inverse_every, batch, stats_batch, preconditioner";
+     inverse_every, batch, stats_batch, preconditioner, trace_every";
 
 /// The runs of a comma-separated `optimizers` list.
 pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
@@ -259,6 +261,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
     let mut max_time = defaults.max_time;
     let mut checkpoint_every = None;
     let mut preconditioner = None;
+    let mut trace_every = None;
     for kv in overrides.split(';').filter(|s| !s.is_empty()) {
         let (key, value) = kv
             .split_once('=')
@@ -304,6 +307,15 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .with_context(|| format!("override `{kv}`: expected true or false"))?;
             }
             "targets" => kfac.targets = value.to_string(),
+            "trace_every" => {
+                trace_every = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&n: &u64| n > 0)
+                        .with_context(|| format!("override `{kv}`: expected a positive integer"))?,
+                );
+            }
             "inverse_every" | "batch" | "stats_batch" => {
                 let n: usize = value
                     .parse()
@@ -409,7 +421,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
             defaults.max_iters
         },
         max_time,
-        trace_every: if is_sgd { defaults.sgd_eval_every } else { 1 },
+        trace_every: trace_every.unwrap_or(if is_sgd { defaults.sgd_eval_every } else { 1 }),
         grid: None,
         checkpoint_every,
     })

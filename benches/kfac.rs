@@ -1,0 +1,90 @@
+//! One K-FAC step on the MLP 784-256-10 (tanh), f32, against one gradient
+//! on the same 1000 rows: the cost targets (at most 1.5 gradients
+//! with fixed learning rate and momentum, at most 3 adaptive), with the
+//! factors' statistics on a 250-row sub-batch and the eigendecompositions
+//! amortised over T = 20 steps.
+//!
+//! A step is timed as the difference of whole runs of 40 and 20 steps
+//! divided by 20, so that the runner's start-up and the trace's two
+//! evaluations cancel. Benchmark ids: `cpu/kfac/f32/n1000/grad` and
+//! `cpu/kfac/f32/n1000/{fixed,adaptive}/steps{20,40}`.
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use criterion::{Criterion, criterion_group, criterion_main};
+use hessfree_model::{
+    Activation, CurvatureKind, Init, MlpObjective, Model, ModelSpec, Objective, Penalty,
+};
+use hessfree_solvers::{HfProblem, Kfac, KfacConfig, RunOptions, StopRules, run_solver};
+
+fn steps(n: u64) -> RunOptions {
+    RunOptions {
+        stop: StopRules {
+            grad_tol: None,
+            max_iters: Some(n),
+            ..Default::default()
+        },
+        trace_every: 1_000_000,
+        ..Default::default()
+    }
+}
+
+fn kfac(c: &mut Criterion) {
+    let n = 1000;
+    let dtype = DType::F32;
+    let model = Model::new(ModelSpec::mlp(&[256], Activation::Tanh), 784, 10).expect("model");
+    let w = model
+        .init(Init::Glorot, 1, &Device::Cpu, dtype)
+        .expect("init");
+    let obj = Arc::new(
+        MlpObjective::new(
+            model,
+            common::batches(n, dtype),
+            vec![Penalty::L2 { lam: 1e-4 }],
+        )
+        .expect("objective"),
+    );
+    let mut g = c.benchmark_group(format!("cpu/kfac/f32/n{n}"));
+    g.measurement_time(Duration::from_secs(6)).sample_size(10);
+    g.bench_function("grad", |b| {
+        b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
+    });
+    for adaptive in [false, true] {
+        let config = KfacConfig {
+            batch_size: n,
+            stats_batch: 250,
+            inverse_every: 20,
+            adaptive,
+            l2: 1e-4,
+            ..KfacConfig::default()
+        };
+        let mode = if adaptive { "adaptive" } else { "fixed" };
+        for count in [20u64, 40] {
+            g.bench_function(format!("{mode}/steps{count}"), |b| {
+                b.iter(|| {
+                    let out = run_solver(
+                        HfProblem::full(obj.clone(), CurvatureKind::GaussNewton),
+                        Kfac::new(config.clone()).expect("config"),
+                        w.clone(),
+                        steps(count),
+                    )
+                    .expect("run");
+                    black_box(out.params)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = kfac
+}
+criterion_main!(benches);

@@ -259,12 +259,7 @@ impl KfacEigen {
                 "K-FAC's damping must be finite and > 0 for an inverse, got {gamma}"
             )));
         }
-        let to_tensor = |m: &Mat<f64>| -> Result<Tensor> {
-            let v: Vec<f64> = (0..m.nrows())
-                .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
-                .collect();
-            Ok(Tensor::from_vec(v, (m.nrows(), m.ncols()), device)?.to_dtype(dtype)?)
-        };
+        let to_tensor = |m: &Mat<f64>| mat_tensor(m, device, dtype);
         let mut offset = 0;
         let mut blocks = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
@@ -310,6 +305,26 @@ impl KfacEigen {
     }
 }
 
+/// A faer matrix as a row-major tensor on `device` in `dtype`.
+fn mat_tensor(m: &Mat<f64>, device: &Device, dtype: DType) -> Result<Tensor> {
+    let v: Vec<f64> = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
+        .collect();
+    Ok(Tensor::from_vec(v, (m.nrows(), m.ncols()), device)?.to_dtype(dtype)?)
+}
+
+/// Refuses a vector that is not 1-D of the blocks' total length `dim`.
+fn check_len(v: &Tensor, dim: usize, blocks: usize) -> Result<()> {
+    if v.dims() != [dim] {
+        return Err(ModelError::ParamLength {
+            layout: format!("{blocks} Kronecker blocks"),
+            expected: dim,
+            found: v.elem_count(),
+        });
+    }
+    Ok(())
+}
+
 /// A block-diagonal operator whose block `l` is `L_l ⊗ R_l`, applied as
 /// `V ↦ L V R` on the block reshaped to `[rows of L, rows of R]`.
 pub struct Kronecker {
@@ -321,12 +336,7 @@ pub struct Kronecker {
 impl Kronecker {
     /// `blocks` of symmetric `(L, R)` pairs, laid out one after another.
     pub fn new(blocks: Vec<(Mat<f64>, Mat<f64>)>, device: &Device, dtype: DType) -> Result<Self> {
-        let to_tensor = |m: &Mat<f64>| -> Result<Tensor> {
-            let v: Vec<f64> = (0..m.nrows())
-                .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
-                .collect();
-            Ok(Tensor::from_vec(v, (m.nrows(), m.ncols()), device)?.to_dtype(dtype)?)
-        };
+        let to_tensor = |m: &Mat<f64>| mat_tensor(m, device, dtype);
         let mut offset = 0;
         let mut out = Vec::with_capacity(blocks.len());
         for (l, r) in &blocks {
@@ -346,13 +356,7 @@ impl LinOp for Kronecker {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        if v.dims() != [self.dim] {
-            return Err(ModelError::ParamLength {
-                layout: format!("{} Kronecker blocks", self.blocks.len()),
-                expected: self.dim,
-                found: v.elem_count(),
-            });
-        }
+        check_len(v, self.dim, self.blocks.len())?;
         let parts = self
             .blocks
             .iter()
@@ -384,13 +388,7 @@ impl LinOp for ShiftedKroneckerInverse {
     }
 
     fn apply(&self, v: &Tensor) -> Result<Tensor> {
-        if v.dims() != [self.dim] {
-            return Err(ModelError::ParamLength {
-                layout: format!("{} Kronecker blocks", self.blocks.len()),
-                expected: self.dim,
-                found: v.elem_count(),
-            });
-        }
+        check_len(v, self.dim, self.blocks.len())?;
         let parts = self
             .blocks
             .iter()

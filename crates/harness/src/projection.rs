@@ -210,11 +210,7 @@ pub fn run_projection(job: &ProjectionJob) -> Result<PathBuf> {
     let summary = ProjectionSummary {
         kind: "projection".into(),
         title: job.title.clone(),
-        host: Host {
-            cpu_model: provenance::cpu_model(),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            threads: candle_core::utils::get_num_threads(),
-        },
+        host: Host::this_machine(),
         git_revision: provenance::git_revision(),
         date: provenance::today_utc(),
         command_line: provenance::command_line(),

@@ -35,6 +35,17 @@ pub struct Host {
     pub threads: usize,
 }
 
+impl Host {
+    /// The machine this process runs on, as every report records it.
+    pub fn this_machine() -> Self {
+        Self {
+            cpu_model: crate::provenance::cpu_model(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: candle_core::utils::get_num_threads(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatasetInfo {
     pub name: String,

@@ -45,3 +45,6 @@ cargo xtask compare \
 # Martens' MNIST autoencoder, 784-1000-500-250-30: timed pieces and three HF
 # iterations, and a full run projected from them (about 5 minutes).
 cargo xtask project --hf-iters 3 --out docs/reports/martens-projection
+
+# The MPI scaling study (about 1 minute; needs scripts/install-mpi.sh).
+cargo run --quiet -p xtask --features mpi -- mpi-study --out docs/reports/mpi

@@ -18,10 +18,11 @@ use hessfree_harness::ProblemSpec;
 use hessfree_harness::compare::{
     CompareJob, NewtonSettings, RunDefaults, parse_preconditioner, plan,
 };
+use hessfree_model::Collective;
 use hessfree_solvers::{AdamConfig, KfacConfig, LbfgsConfig, SgdConfig, TrustRegionConfig};
 
 use crate::DataDirArgs;
-use crate::progress::progress;
+use crate::progress::{progress, quiet};
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
@@ -236,6 +237,10 @@ pub struct CompareArgs {
     /// rerun.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Under mpirun: skip the check, at every gradient, that all ranks hold
+    /// the same parameters (on in debug builds such as `cargo xtask`).
+    #[arg(long)]
+    pub skip_rank_check: bool,
 }
 
 /// The kernel flags, with the variables older scripts set mapped onto the
@@ -359,8 +364,11 @@ impl CompareArgs {
     }
 }
 
-pub fn run(args: &CompareArgs) -> Result<()> {
+/// `ranks`: the MPI job this process is one rank of ([`hessfree_harness::ranks::join`]).
+pub fn run(args: &CompareArgs, ranks: Option<Arc<dyn Collective>>) -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
+    let lead = ranks.as_ref().is_none_or(|r| r.rank() == 0);
+    let parallel = ranks.as_ref().is_some_and(|r| r.size() > 1);
     let job = CompareJob {
         runs: plan(&args.optimizers, &args.defaults()?)?,
         grad_tol: args.grad_tol,
@@ -377,13 +385,23 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         dtype: args.dtype.clone(),
         interrupt: interrupt.clone(),
         rationale: args.rationale.clone(),
+        ranks,
+        check_params: cfg!(debug_assertions) && !args.skip_rank_check,
     };
-    {
+    // Ranks would see Ctrl-C at different iterations and then wait on each
+    // other for ever; under MPI it ends the job, and --resume continues it.
+    if !parallel {
         let flag = interrupt.clone();
         // A second handler (tests calling run twice) is not an error worth failing for.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let report = hessfree_harness::compare::run(&job, &progress)?;
-    println!("report written to {}", report.display());
+    let report = if lead {
+        hessfree_harness::compare::run(&job, &progress)?
+    } else {
+        hessfree_harness::compare::run(&job, &quiet)?
+    };
+    if lead {
+        println!("report written to {}", report.display());
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hessfree_harness::ranks;
 use tracing_subscriber::EnvFilter;
 
 mod bench_peers;
@@ -19,6 +20,7 @@ mod compare;
 mod data_info;
 mod eval;
 mod hessian;
+mod mpi_study;
 mod progress;
 mod project;
 mod report;
@@ -57,6 +59,11 @@ enum Command {
     Project(project::ProjectArgs),
     /// Regenerate committed reports from their data, or check them (--check).
     Report(report::ReportArgs),
+    /// The MPI scaling study: launches `mpi-probe` jobs, fits the model,
+    /// writes docs/reports/mpi (needs --features mpi).
+    MpiStudy(mpi_study::StudyArgs),
+    /// One job of the MPI scaling study, run under mpirun by `mpi-study`.
+    MpiProbe(mpi_study::ProbeArgs),
 }
 
 /// Where to find the IDX files; shared by every subcommand that loads data.
@@ -77,33 +84,73 @@ fn main() -> ExitCode {
         // exists yet that could read or write the environment concurrently.
         unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     }
-    init_tracing();
     let cli = Cli::parse();
+    // Under mpirun every rank runs this; the job's ranks come first so
+    // that only rank 0 logs at `info`.
+    let ranks = match ranks::join() {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(ranks.as_ref().is_none_or(|r| r.rank() == 0));
     let result = match cli.command {
+        Command::Compare(args) => compare::run(&args, ranks.clone()),
+        Command::MpiProbe(args) => mpi_study::probe(&args, ranks.clone()),
+        other if ranks.as_ref().is_some_and(|r| r.size() > 1) => {
+            Err(ranks::single_process_only(other.name()).unwrap_err())
+        }
         Command::DataInfo(args) => data_info::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::CheckCurvature(args) => check_curvature::run(&args),
-        Command::Compare(args) => compare::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Project(args) => project::run(&args),
         Command::Hessian(args) => hessian::run(args),
         Command::BenchReport(args) => bench_report::run(&args),
         Command::BenchPeers(args) => bench_peers::run(&args),
+        Command::MpiStudy(args) => mpi_study::study(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            ranks::end(ranks.as_ref(), None);
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             // `{:#}` prints the whole context chain on one line.
-            eprintln!("error: {err:#}");
+            let why = format!("{err:#}");
+            ranks::end(ranks.as_ref(), Some(&why));
+            eprintln!("error: {why}");
             ExitCode::FAILURE
         }
     }
 }
 
+impl Command {
+    /// The subcommand as typed, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::DataInfo(_) => "data-info",
+            Command::Eval(_) => "eval",
+            Command::CheckCurvature(_) => "check-curvature",
+            Command::Compare(_) => "compare",
+            Command::Report(_) => "report",
+            Command::Project(_) => "project",
+            Command::Hessian(_) => "hessian",
+            Command::BenchReport(_) => "bench-report",
+            Command::BenchPeers(_) => "bench-peers",
+            Command::MpiStudy(_) => "mpi-study",
+            Command::MpiProbe(_) => "mpi-probe",
+        }
+    }
+}
+
 /// Logs go to stderr so that stdout carries only the command's output;
-/// `RUST_LOG` picks the level, `info` by default.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` picks the level: `info` by default, `warn` on MPI ranks
+/// other than 0, which would repeat rank 0's lines.
+fn init_tracing(lead: bool) {
+    let default = if lead { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -21,6 +21,14 @@ pub fn progress(label: &str, max_iters: u64) -> RunProgress {
     }
 }
 
+/// No display: for MPI ranks other than 0, which run the same iterations.
+pub fn quiet(_label: &str, _max_iters: u64) -> RunProgress {
+    RunProgress {
+        on_record: Arc::new(|_: &TraceRecord| {}),
+        finish: Box::new(|_| {}),
+    }
+}
+
 fn bar_or_log(label: &str, max_iters: u64) -> (Option<ProgressBar>, OnRecord) {
     let label = label.to_string();
     if std::io::stderr().is_terminal() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hessfree_harness::compare::report::{CompareReport, SUMMARY_FILE};
-use hessfree_harness::projection;
+use hessfree_harness::{projection, scaling};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -37,6 +37,7 @@ fn discover(root: &Path) -> Result<Vec<PathBuf>> {
 enum Kind {
     Compare,
     Projection,
+    Scaling,
 }
 
 /// Which of [`Kind`] `dir`'s summary is, if any (the Hessian study has its
@@ -48,6 +49,7 @@ fn kind(dir: &Path) -> Result<Option<Kind>> {
     Ok(match value.get("kind").and_then(|k| k.as_str()) {
         Some("compare") => Some(Kind::Compare),
         Some("projection") => Some(Kind::Projection),
+        Some("mpi") => Some(Kind::Scaling),
         _ => None,
     })
 }
@@ -62,7 +64,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     for dir in &dirs {
         let kind = kind(dir)?.with_context(|| {
             format!(
-                "{} is neither a comparison nor a projection report",
+                "{} is not a comparison, projection or MPI scaling report",
                 dir.display()
             )
         })?;
@@ -70,6 +72,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             let problems = match kind {
                 Kind::Compare => CompareReport::check(dir).map_err(anyhow::Error::from),
                 Kind::Projection => projection::check(dir),
+                Kind::Scaling => scaling::check(dir),
             }
             .with_context(|| format!("checking {}", dir.display()))?;
             if problems.is_empty() {
@@ -86,10 +89,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 CompareReport::load(dir).with_context(|| format!("loading {}", dir.display()))?;
             report.write(dir)?;
             println!("regenerated {}", dir.display());
-        } else {
+        } else if kind == Kind::Projection {
             let summary =
                 projection::load(dir).with_context(|| format!("loading {}", dir.display()))?;
             projection::write(dir, &summary)?;
+            println!("regenerated {}", dir.display());
+        } else {
+            let summary =
+                scaling::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+            scaling::write(dir, &summary)?;
             println!("regenerated {}", dir.display());
         }
     }

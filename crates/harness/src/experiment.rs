@@ -11,7 +11,7 @@ use hessfree_data::{Dataset, subsample_indices};
 use hessfree_model::fused::{SimdLevel, XStorage};
 use hessfree_model::{
     Batches, CastObjective, CurvatureKind, Init, KernelChoice, KernelOptions, LossChoice, Model,
-    ModelSpec, Objective, Penalty, objective_with_loss,
+    ModelSpec, Objective, Penalty, ShardedObjective, objective_with_loss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -187,6 +187,29 @@ pub struct Experiment {
     pub test_x: Tensor,
     pub test_labels: Tensor,
     pub device: Device,
+    /// Where the training rows live when they are split across ranks;
+    /// `train_x` then holds only this rank's.
+    pub shard: Option<Shard>,
+}
+
+/// This rank's place in a data-parallel job: its training rows are
+/// `offset..offset + n_r` of `rows` in all.
+#[derive(Clone)]
+pub struct Shard {
+    pub ranks: Arc<dyn hessfree_model::Collective>,
+    pub offset: usize,
+    pub rows: usize,
+    /// Check at every gradient that all ranks hold the same parameters.
+    pub check_params: bool,
+}
+
+impl Shard {
+    /// `Σ_r (n_r / n) · value_r`: a mean over this rank's rows made the
+    /// mean over all rows.
+    fn mean(&self, local_rows: usize, value: f64) -> Result<f64> {
+        let part = local_rows as f64 / self.rows as f64 * value;
+        Ok(self.ranks.sum(&[part])?[0])
+    }
 }
 
 /// Rows per chunk of every data-set-level product.
@@ -236,6 +259,18 @@ impl Experiment {
         test: &Dataset,
         device: &Device,
     ) -> Result<Self> {
+        Self::prepare_shard(spec, train, test, device, None)
+    }
+
+    /// [`Self::prepare`] for one rank of a data-parallel job: `train` is
+    /// this rank's shard, and the objectives sum over every rank's.
+    pub fn prepare_shard(
+        spec: ProblemSpec,
+        train: &Dataset,
+        test: &Dataset,
+        device: &Device,
+        shard: Option<Shard>,
+    ) -> Result<Self> {
         let parsed = spec.parse(train.rows, train.cols)?;
         let model = Model::new(
             parsed.model.clone(),
@@ -261,12 +296,27 @@ impl Experiment {
                 parsed.loss,
             )?)
         };
-        let objective = objective_on(&tr.images, &tr.one_hot)?;
+        let across = |local: Arc<dyn Objective>| -> Result<Arc<dyn Objective>> {
+            Ok(match &shard {
+                Some(s) => Arc::new(ShardedObjective::new(
+                    local,
+                    s.ranks.clone(),
+                    s.offset,
+                    s.rows,
+                    s.check_params,
+                )?),
+                None => local,
+            })
+        };
+        let objective = across(objective_on(&tr.images, &tr.one_hot)?)?;
         let curvature_objective = if parsed.curvature_dtype == parsed.dtype {
             objective.clone()
         } else {
             let low = train.to_tensors(device, parsed.curvature_dtype)?;
-            CastObjective::wrap(objective_on(&low.images, &low.one_hot)?, parsed.dtype)
+            across(CastObjective::wrap(
+                objective_on(&low.images, &low.one_hot)?,
+                parsed.dtype,
+            ))?
         };
         Ok(Self {
             spec,
@@ -279,6 +329,7 @@ impl Experiment {
             test_x: te.images,
             test_labels: te.labels,
             device: device.clone(),
+            shard,
         })
     }
 
@@ -326,11 +377,21 @@ impl Experiment {
             .accuracy(w, &self.test_x, &self.test_labels, EVAL_CHUNK)?)
     }
 
-    /// A classifier's training accuracy (an error for an autoencoder).
+    /// A classifier's training accuracy (an error for an autoencoder),
+    /// over every rank's rows.
     pub fn train_accuracy(&self, w: &Tensor) -> Result<f64> {
-        Ok(self
+        let local = self
             .model
-            .accuracy(w, &self.train_x, &self.train_labels, EVAL_CHUNK)?)
+            .accuracy(w, &self.train_x, &self.train_labels, EVAL_CHUNK)?;
+        self.over_ranks(local)
+    }
+
+    /// A mean over this rank's training rows as the mean over all rows.
+    fn over_ranks(&self, local: f64) -> Result<f64> {
+        match &self.shard {
+            Some(s) => s.mean(self.train_x.dim(0)?, local),
+            None => Ok(local),
+        }
     }
 
     /// What the trace records about `w`: the test accuracy of a
@@ -339,10 +400,11 @@ impl Experiment {
     pub fn scores(&self, w: &Tensor) -> Result<Scores> {
         if self.model.is_autoencoder() {
             Ok(Scores {
-                train_error: Some(
-                    self.model
-                        .reconstruction_error(w, &self.train_x, EVAL_CHUNK)?,
-                ),
+                train_error: Some(self.over_ranks(self.model.reconstruction_error(
+                    w,
+                    &self.train_x,
+                    EVAL_CHUNK,
+                )?)?),
                 test_error: Some(
                     self.model
                         .reconstruction_error(w, &self.test_x, EVAL_CHUNK)?,

@@ -12,6 +12,8 @@
 //!   differences, dense matrices and double backward;
 //! - [`projection`]: a full HF run on a model too big to train here,
 //!   projected from timed pieces and iterations;
+//! - [`ranks`]: the processes of a data-parallel (MPI) job;
+//! - [`scaling`]: the MPI scaling study, measured, modelled and projected;
 //! - [`bench_report`]: the benchmark summary;
 //! - [`provenance`]: where a report came from (CPU, revision, command).
 //!
@@ -27,6 +29,8 @@ pub mod hessian;
 pub mod method;
 pub mod projection;
 pub mod provenance;
+pub mod ranks;
+pub mod scaling;
 
 pub use experiment::{Experiment, ProblemSpec};
 pub use method::{Method, run};

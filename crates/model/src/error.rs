@@ -38,6 +38,10 @@ pub enum ModelError {
     /// inputs on a GPU, or a double backward that candle gets wrong.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The processes of a data-parallel job disagree or cannot reach each
+    /// other ([`crate::shard`]).
+    #[error("across ranks: {0}")]
+    Collective(String),
 }
 
 /// Shorthand used throughout the crate.

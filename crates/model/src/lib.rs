@@ -34,6 +34,7 @@ pub mod model;
 pub mod objective;
 pub mod params;
 pub mod regularizer;
+pub mod shard;
 pub mod softmax;
 pub mod weights;
 
@@ -53,6 +54,7 @@ pub use model::{Activation, Hidden, Init, Model, ModelSpec};
 pub use objective::{Batches, CurvatureKind, Objective};
 pub use params::{ParamKind, ParamLayout, ParamSpec};
 pub use regularizer::{Penalty, Regularizer};
+pub use shard::{Collective, CommCounts, CommStats, ShardedObjective, shard_range};
 pub use softmax::{KernelChoice, KernelOptions, SoftmaxKernel, SoftmaxObjective};
 pub use weights::{WEIGHTS_FILE, WeightsError, load_weights, load_weights_stored, save_weights};
 

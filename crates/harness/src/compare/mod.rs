@@ -17,14 +17,15 @@ use hessfree_solvers::{
     checkpoint,
 };
 
-use crate::experiment::{Experiment, ProblemSpec};
+use crate::experiment::{Experiment, ProblemSpec, Shard};
 use crate::provenance;
+use hessfree_model::{Collective, shard_range};
 
 pub mod plan;
 pub mod report;
 
 pub use plan::{GridPoint, NewtonSettings, PlannedRun, RunDefaults, parse_preconditioner, plan};
-pub use report::{CompareReport, CompareSummary, DatasetInfo, Host, RunSummary};
+pub use report::{CommSummary, CompareReport, CompareSummary, DatasetInfo, Host, RunSummary};
 
 /// A comparison, every setting parsed and checked.
 pub struct CompareJob {
@@ -49,6 +50,28 @@ pub struct CompareJob {
     pub interrupt: Arc<AtomicBool>,
     /// Why the problem was chosen, printed at the top of the report.
     pub rationale: Option<String>,
+    /// The ranks of a data-parallel (MPI) job ([`crate::ranks::join`]);
+    /// `None` in one process. Each rank keeps a contiguous shard of the
+    /// training rows; rank 0 alone writes.
+    pub ranks: Option<Arc<dyn Collective>>,
+    /// Under MPI, check at every gradient that the ranks' parameters agree.
+    pub check_params: bool,
+}
+
+impl CompareJob {
+    /// Whether this process writes the report, weights and checkpoints.
+    fn writes(&self) -> bool {
+        self.ranks.as_ref().is_none_or(|r| r.rank() == 0)
+    }
+}
+
+/// The data one rank runs on: its shard of the training rows (all of them
+/// in one process), the test set, and where the shard sits.
+struct RankData {
+    splits: hessfree_data::Splits,
+    /// Training rows over all ranks, the unit of a data pass.
+    train_rows: usize,
+    shard: Option<Shard>,
 }
 
 /// What a run reports while it runs: its trace records, then its end.
@@ -169,10 +192,11 @@ fn execute(
     job: &CompareJob,
     p: &PlannedRun,
     resume: Option<Arc<Snapshot>>,
-    splits: &hessfree_data::Splits,
+    data: &RankData,
     device: &Device,
     progress: &dyn Fn(&str, u64) -> RunProgress,
 ) -> Result<(Finished, Option<Arc<Snapshot>>)> {
+    let splits = &data.splits;
     let stop = StopRules {
         grad_tol: (job.grad_tol > 0.0).then_some(job.grad_tol),
         max_iters: Some(p.max_iters),
@@ -182,13 +206,22 @@ fn execute(
         ..Default::default()
     };
     let experiment = Arc::new(
-        Experiment::prepare(p.spec.clone(), &splits.train, &splits.test, device)
-            .with_context(|| format!("preparing run `{}`", p.label))?,
+        Experiment::prepare_shard(
+            p.spec.clone(),
+            &splits.train,
+            &splits.test,
+            device,
+            data.shard.clone(),
+        )
+        .with_context(|| format!("preparing run `{}`", p.label))?,
     );
     let RunProgress { on_record, finish } = progress(&p.label, p.max_iters);
     let latest: Arc<Mutex<Option<Arc<Snapshot>>>> = Arc::new(Mutex::new(None));
+    // Rank 0 alone writes; the other ranks keep the in-memory snapshot a
+    // grid's best point continues from.
     let disk = job
         .checkpoint_every
+        .filter(|_| job.writes())
         .map(|_| checkpoint_path(&job.out, &p.label));
     if let Some(dir) = disk.as_ref().and_then(|d| d.parent()) {
         ensure_dir(dir)?;
@@ -219,11 +252,10 @@ fn execute(
             let every = every.map_or(p.trace_every, |e| e.min(p.trace_every)).max(1);
             Some(Checkpointing { every, sink })
         }
-        (None, Some(every)) => {
-            let path = disk.clone().expect("set with checkpoint_every");
+        (None, Some(every)) => disk.clone().map(|path| {
             let sink: CheckpointSink = Arc::new(move |snap| checkpoint::write_atomic(&path, snap));
-            Some(Checkpointing { every, sink })
-        }
+            Checkpointing { every, sink }
+        }),
         (None, None) => None,
     };
     let opts = RunOptions {
@@ -238,9 +270,15 @@ fn execute(
     };
     ProcMemory::reset_peak();
     tracing::info!(run = %p.label, "starting");
+    let comm_before = job.ranks.as_ref().map(|r| r.stats());
     let out = experiment
         .run(&p.method, opts)
         .with_context(|| format!("run `{}`", p.label))?;
+    let comm = job
+        .ranks
+        .as_ref()
+        .zip(comm_before)
+        .map(|(r, before)| (r.size(), r.stats() - before));
     let peak = ProcMemory::read().map(|m| m.hwm_bytes);
     finish(&out.stop);
     let last = out.trace.last().cloned();
@@ -303,7 +341,7 @@ fn execute(
         grad_evals: out.counts.grad_evals,
         loss_evals: out.counts.loss_evals,
         hvp_evals: out.counts.hvp_evals,
-        data_passes: out.counts.samples as f64 / splits.train.len() as f64,
+        data_passes: out.counts.samples as f64 / data.train_rows as f64,
         peak_memory_bytes: peak,
         hessian_bytes: out.extras.get("hessian_bytes").map(|b| *b as u64),
         reference_test_accuracy: job.references.iter().find(|r| r.0 == p.label).map(|r| r.1),
@@ -313,6 +351,17 @@ fn execute(
         kernel: Some(kernel_name(&experiment)),
         grid: p.grid.as_ref().map(|g| g.grid.clone()),
         best_of: None,
+        communication: comm.map(|(ranks, c)| {
+            let iterations = last.as_ref().map_or(0, |r| r.iter).max(1);
+            CommSummary {
+                ranks,
+                allreduces: c.calls,
+                bytes: c.bytes,
+                bytes_per_iteration: c.bytes as f64 / iterations as f64,
+                comm_seconds: c.seconds,
+                compute_seconds: (out.solver_seconds - c.seconds).max(0.0),
+            }
+        }),
     };
     tracing::info!(run = %p.label, stop = %out.stop, seconds = out.solver_seconds, "finished");
     let continue_from = latest.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -339,7 +388,7 @@ fn continue_best(
     point: &GridPoint,
     points: Vec<(usize, Option<Arc<Snapshot>>)>,
     done: &[Finished],
-    splits: &hessfree_data::Splits,
+    data: &RankData,
     device: &Device,
     progress: &dyn Fn(&str, u64) -> RunProgress,
 ) -> Result<Option<Finished>> {
@@ -384,7 +433,7 @@ fn continue_best(
         Some(own) => Some(own),
         None => snapshot.or(on_disk),
     };
-    let (mut finished, _) = execute(job, &full, resume, splits, device, progress)?;
+    let (mut finished, _) = execute(job, &full, resume, data, device, progress)?;
     finished.summary.best_of = Some(point.grid.clone());
     Ok(Some(finished))
 }
@@ -474,7 +523,26 @@ fn check_job(job: &CompareJob) -> Result<()> {
             dir.display()
         );
     }
-    check_writable(&job.out)
+    if let Some(ranks) = job.ranks.as_ref().filter(|r| r.size() > 1) {
+        for p in &job.runs {
+            let one_process =
+                matches!(p.method, crate::Method::DenseNewton(_)) || p.method.uses_kfac();
+            if one_process {
+                bail!(
+                    "run `{}`: {} runs in one process, and this job has {} MPI ranks; \
+                     data parallelism covers sgd, adam, newton-cg, hf (without the K-FAC \
+                     preconditioner), trust-region and lbfgs",
+                    p.label,
+                    p.method.name(),
+                    ranks.size()
+                );
+            }
+        }
+    }
+    if job.writes() {
+        check_writable(&job.out)?;
+    }
+    Ok(())
 }
 
 /// Runs every planned run and writes the report into `job.out`; returns the
@@ -502,6 +570,35 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
         }
     }
 
+    let train_rows = splits.train.len();
+    let (splits, shard) = match &job.ranks {
+        None => (splits, None),
+        Some(ranks) => {
+            // Each rank keeps only its contiguous shard of the training rows.
+            let rows = shard_range(train_rows, ranks.size(), ranks.rank());
+            let offset = rows.start;
+            let train = splits.train.select(&rows.collect::<Vec<_>>());
+            (
+                hessfree_data::Splits {
+                    train,
+                    test: splits.test,
+                },
+                Some(Shard {
+                    ranks: ranks.clone(),
+                    offset,
+                    rows: train_rows,
+                    check_params: job.check_params,
+                }),
+            )
+        }
+    };
+    let data = RankData {
+        splits,
+        train_rows,
+        shard,
+    };
+    let splits = &data.splits;
+
     let mut done: Vec<Finished> = Vec::new();
     // Points of the grid in progress, with the snapshot each can be
     // continued from.
@@ -512,7 +609,7 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
             continue;
         }
         let resume = resume_from(job, &p.label)?;
-        let (finished, continue_from) = execute(job, p, resume, &splits, &device, progress)?;
+        let (finished, continue_from) = execute(job, p, resume, &data, &device, progress)?;
         done.push(finished);
         if let Some(point) = &p.grid {
             grid_points.push((done.len() - 1, continue_from));
@@ -523,7 +620,7 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
                     point,
                     std::mem::take(&mut grid_points),
                     &done,
-                    &splits,
+                    &data,
                     &device,
                     progress,
                 )?
@@ -572,7 +669,7 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
         seed: job.seed,
         dataset: DatasetInfo {
             name: format!("MNIST ({})", provenance::display_path(&data_dir.path)),
-            train_samples: splits.train.len(),
+            train_samples: train_rows,
             test_samples: splits.test.len(),
         },
         device: job.device.clone(),
@@ -590,6 +687,10 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
         summary: provisional.summary,
         traces,
     };
+    let report_path = job.out.join(report::REPORT_FILE);
+    if !job.writes() {
+        return Ok(report_path);
+    }
     ensure_dir(&job.out)?;
     for (file, columns) in &images {
         WeightGrid::mnist().write_png(job.out.join(file), columns)?;
@@ -601,7 +702,6 @@ pub fn run(job: &CompareJob, progress: &dyn Fn(&str, u64) -> RunProgress) -> Res
         write_reconstructions(&job.out.join(file), digits, rows)?;
     }
     report.write(&job.out)?;
-    let report_path = job.out.join(report::REPORT_FILE);
     // A grid point that diverged is a result (its learning rate is too
     // high), not a failure of the job.
     let failed: Vec<String> = report

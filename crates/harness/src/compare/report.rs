@@ -106,6 +106,26 @@ pub struct RunSummary {
     /// that grid's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_of: Option<String>,
+    /// A data-parallel (MPI) run's communication; absent in one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication: Option<CommSummary>,
+}
+
+/// What one run's sums across MPI ranks cost, as rank 0 saw them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommSummary {
+    pub ranks: usize,
+    /// Sums across ranks (each a gather to rank 0 and a broadcast): one
+    /// per gradient, loss, curvature product and diagonal.
+    pub allreduces: u64,
+    /// Payload bytes those sums moved between ranks, in all.
+    pub bytes: u64,
+    /// `bytes` over the run's outer iterations.
+    pub bytes_per_iteration: f64,
+    /// Rank 0's solver time inside the sums, waiting for slower ranks
+    /// included, and the rest of its solver time.
+    pub comm_seconds: f64,
+    pub compute_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -677,6 +697,7 @@ impl CompareReport {
                 let _ = writeln!(md, "{} stopped: {}\n", r.name, escape_cell(&r.stop_detail));
             }
         }
+        md += &self.communication_table();
         let _ = writeln!(md, "## Convergence\n");
         for (file, plot) in self.figures() {
             let _ = writeln!(md, "{}\n", markdown_image(&plot.title, &file));
@@ -733,6 +754,49 @@ impl CompareReport {
 
     /// One table per learning-rate grid: each point's result on the
     /// grid's budget, and which one was continued (empty without grids).
+    /// The MPI runs' sums and their share of the solver time.
+    fn communication_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .summary
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let c = r.communication.as_ref()?;
+                let total = c.comm_seconds + c.compute_seconds;
+                Some(vec![
+                    escape_cell(&r.name),
+                    c.ranks.to_string(),
+                    c.allreduces.to_string(),
+                    fmt_bytes(c.bytes),
+                    fmt_bytes(c.bytes_per_iteration.round() as u64),
+                    fmt_duration_s(c.comm_seconds),
+                    fmt_duration_s(c.compute_seconds),
+                    format!("{:.1}%", 100.0 * c.comm_seconds / total.max(1e-300)),
+                ])
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let headers = [
+            "run",
+            "ranks",
+            "sums",
+            "bytes moved",
+            "per iteration",
+            "in communication",
+            "in compute",
+            "communication share",
+        ];
+        format!(
+            "## Communication\n\nEach rank held a contiguous shard of the training rows. Every \
+             loss, gradient, curvature product and diagonal is one sum across ranks: the parts \
+             are gathered to rank 0, added in rank order and broadcast, so all ranks get the \
+             same bits. Times are rank 0's; its waits for slower ranks count as communication.\n\n{}\n",
+            markdown_table(&headers, &rows)
+        )
+    }
+
     fn grid_tables(&self) -> String {
         let mut md = String::new();
         let mut grids: Vec<&str> = Vec::new();

@@ -570,9 +570,42 @@ pub fn markdown(s: &ScalingSummary) -> String {
         &["transport", "ranks", "measured HVP", "model", "model error"],
         &check_rows,
     );
+    let missed: Vec<&Check> = s
+        .checks
+        .iter()
+        .filter(|c| (c.predicted_hvp_seconds / c.measured_hvp_seconds - 1.0).abs() > 0.25)
+        .collect();
+    if missed.is_empty() {
+        let _ = writeln!(md, "\nEvery configuration is within 25%.");
+    } else {
+        let list: Vec<String> = missed
+            .iter()
+            .map(|c| format!("{} ranks over {}", c.ranks, c.transport))
+            .collect();
+        let why = if missed.iter().all(|c| c.ranks > s.host.cores) {
+            format!(
+                " Each has more ranks than this machine's {} cores: a rank that waits for \
+                 a sum polls for it and takes CPU time from the ranks still computing, which \
+                 the model's fair-share stretch `max(1, N/C)` leaves out.",
+                s.host.cores
+            )
+        } else {
+            " Not explained.".to_string()
+        };
+        let _ = writeln!(
+            md,
+            "\nMissed (more than 25% off): {}.{why}",
+            list.join(", ")
+        );
+    }
     let _ = writeln!(
         md,
-        "\n## Projections (a model, not a measurement)\n\n\
+        "\nEach figure is the median of `--repeats` repetitions in one session; separate \
+         sessions differ, so compare rows of the same report only.\n"
+    );
+    let _ = writeln!(
+        md,
+        "## Projections (a model, not a measurement)\n\n\
          Assumptions: every node is one rank of one thread computing at this machine's c; the \
          rows split evenly; one product is the unit (a solve's sums scale the same way); the \
          sum is this project's gather-and-broadcast with the networks' α and β below; no \

@@ -20,12 +20,14 @@
 //! non-finite update is not taken: the damping rises and the iteration
 //! keeps its point.
 
+use std::sync::Arc;
+
 use argmin::core::{KV, Problem, Solver, State};
 use argmin::kv;
 use candle_core::{Device, Tensor};
 use hessfree_data::{BatchSampler, SamplerState};
 use hessfree_model::linop::vec;
-use hessfree_model::{FisherTargets, KfacEigen, KroneckerFactors, LayerFactors, LinOp};
+use hessfree_model::{FisherTargets, KfacEigen, Kronecker, KroneckerFactors, LayerFactors, LinOp};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,10 @@ pub struct Kfac {
     /// The averages the current decomposition was made from (kept so that
     /// a resume rebuilds exactly the same inverse).
     decomposed: Option<(KroneckerFactors, KfacEigen)>,
+    /// The damped inverse of `decomposed` and the `γ` it was built for:
+    /// rebuilt only when either changes (every `inverse_every` steps, or
+    /// when the damping adapts), not at every step.
+    inverse: Option<(f64, Arc<Kronecker>)>,
     /// The previous update `δ₀`.
     previous: Option<Tensor>,
     damping: f64,
@@ -173,6 +179,7 @@ impl Kfac {
             sampler: None,
             factors: None,
             decomposed: None,
+            inverse: None,
             previous: None,
             steps: 0,
         })
@@ -213,23 +220,37 @@ impl Kfac {
             let f = self.factors.clone().expect("set above");
             let eig = f.decompose()?;
             self.decomposed = Some((f, eig));
+            self.inverse = None;
         }
         Ok(())
     }
 
+    /// The damped inverse at the current `γ`, from the cache when it holds it.
+    fn damped_inverse(&mut self, g: &Tensor) -> Result<Arc<Kronecker>> {
+        let gamma = self.gamma();
+        if let Some((at, inverse)) = &self.inverse
+            && at.to_bits() == gamma.to_bits()
+        {
+            return Ok(inverse.clone());
+        }
+        let (_, eig) = self
+            .decomposed
+            .as_ref()
+            .expect("decomposed before updating");
+        let inverse = Arc::new(eig.inverse(gamma, g.device(), g.dtype())?);
+        self.inverse = Some((gamma, inverse.clone()));
+        Ok(inverse)
+    }
+
     /// Step 4: `δ`, and the model's prediction `M(δ)` when adaptive.
     fn update(
-        &self,
+        &mut self,
         prob: &HfProblem,
         w: &Tensor,
         g: &Tensor,
         batch: &[usize],
     ) -> Result<(Tensor, Option<f64>)> {
-        let (_, eig) = self
-            .decomposed
-            .as_ref()
-            .expect("decomposed before updating");
-        let inverse = eig.inverse(self.gamma(), g.device(), g.dtype())?;
+        let inverse = self.damped_inverse(g)?;
         let delta = inverse.apply(g)?.affine(-1.0, 0.0)?;
         if !self.config.adaptive {
             let step = match &self.previous {
@@ -507,6 +528,7 @@ impl Resumable<HfState> for Kfac {
             }
             None => None,
         };
+        self.inverse = None;
         if self.steps > 0 && (self.factors.is_none() || self.decomposed.is_none()) {
             return Err(SolverError::Config(format!(
                 "the K-FAC checkpoint after {} steps lacks its factors",

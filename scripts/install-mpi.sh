@@ -7,7 +7,7 @@ set -euo pipefail
 
 have() {
     command -v mpirun >/dev/null 2>&1 && command -v mpicc >/dev/null 2>&1 &&
-        compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null
+        compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null
 }
 
 if have; then

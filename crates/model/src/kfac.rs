@@ -175,6 +175,50 @@ impl KroneckerFactors {
     }
 }
 
+impl KroneckerFactors {
+    /// `(A + π√γ I)⁻¹ ⊗ (G + √γ/π I)⁻¹`, the factored Tikhonov inverse, by
+    /// Cholesky: what the K-FAC optimiser needs at each new `γ`, for about
+    /// `n³/3 + n³` per factor where an eigendecomposition costs several
+    /// times that. The eigenbasis ([`Self::decompose`]) is for the exactly
+    /// shifted preconditioner and for spectra; both give the same matrix
+    /// ([`KfacEigen::inverse`]) to rounding.
+    pub fn factored_inverse(&self, gamma: f64, device: &Device, dtype: DType) -> Result<Kronecker> {
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(ModelError::Spec(format!(
+                "K-FAC's damping must be finite and > 0 for an inverse, got {gamma}"
+            )));
+        }
+        let root = gamma.sqrt();
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+        let blocks = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, f)| {
+                let pi = pi_correction(mean(&f_diag(&f.a)), mean(&f_diag(&f.g)));
+                Ok((
+                    shifted_inverse_by_cholesky(&f.a, pi * root, "A", l)?,
+                    shifted_inverse_by_cholesky(&f.g, root / pi, "G", l)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Kronecker::new(blocks, device, dtype)
+    }
+}
+
+/// `(M + shift·I)⁻¹` for a positive semi-definite `M` and `shift > 0`.
+fn shifted_inverse_by_cholesky(m: &Mat<f64>, shift: f64, what: &str, l: usize) -> Result<Mat<f64>> {
+    use faer::linalg::solvers::DenseSolveCore;
+    let n = m.nrows();
+    let shifted = Mat::from_fn(n, n, |i, j| m[(i, j)] + if i == j { shift } else { 0.0 });
+    let llt = shifted.llt(Side::Lower).map_err(|e| {
+        ModelError::Unsupported(format!(
+            "the Cholesky factorisation of layer {l}'s damped {what} factor failed: {e:?}"
+        ))
+    })?;
+    Ok(llt.inverse())
+}
+
 fn f_diag(m: &Mat<f64>) -> Vec<f64> {
     (0..m.nrows()).map(|i| m[(i, i)]).collect()
 }

@@ -347,3 +347,31 @@ fn the_shifted_inverse_preconditions_cg_on_the_gauss_newton_system() -> R<()> {
     }
     Ok(())
 }
+
+/// The optimiser's Cholesky route to the factored inverse is the
+/// eigenbasis route's matrix to rounding (`κ·ε`-sized).
+#[test]
+fn cholesky_and_eigen_factored_inverses_agree() -> R<()> {
+    for (spec, d, k, loss) in NETS {
+        let obj = objective(spec, d, k, loss, batch(7, d, k, loss, 3)?)?;
+        let w = point(&obj, 2)?;
+        let f = obj.kronecker_factors(&w, FisherTargets::Exact, &mut rng())?;
+        let eig = f.decompose()?;
+        for gamma in [1e-3, 1.0] {
+            let a = assemble_dense(
+                &f.factored_inverse(gamma, &Device::Cpu, DType::F64)?,
+                &Device::Cpu,
+                DType::F64,
+            )?;
+            let b = assemble_dense(
+                &eig.inverse(gamma, &Device::Cpu, DType::F64)?,
+                &Device::Cpu,
+                DType::F64,
+            )?;
+            let tol = 100.0 * eig.condition_number(gamma) * f64::EPSILON;
+            let rel = (&a - &b).norm_l2() / b.norm_l2();
+            assert!(rel < tol, "{spec}, γ {gamma}: relative {rel:e} > {tol:e}");
+        }
+    }
+    Ok(())
+}

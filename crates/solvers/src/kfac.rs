@@ -5,7 +5,9 @@
 //! 1. factors `A`, `G` of each layer on the first rows of `B` (a sub-batch,
 //!    as the paper's statistics are), blended into moving averages with
 //!    decay `min(1 − 1/(k+1), factor_decay)`;
-//! 2. every `inverse_every` iterations, their eigendecompositions;
+//! 2. every `inverse_every` iterations, a snapshot of the averages, whose
+//!    damped inverse (Cholesky, per factor) is rebuilt only when the
+//!    snapshot or the damping changes;
 //! 3. `Δ = −F̂⁻¹ g` with factored Tikhonov damping `γ = λ + η` split by π
 //!    (`η` the L2 penalty, `λ` the adapted damping);
 //! 4. the update `δ = αΔ + μδ₀` (`δ₀` the previous update): `α`, `μ`
@@ -27,7 +29,7 @@ use argmin::kv;
 use candle_core::{Device, Tensor};
 use hessfree_data::{BatchSampler, SamplerState};
 use hessfree_model::linop::vec;
-use hessfree_model::{FisherTargets, KfacEigen, Kronecker, KroneckerFactors, LayerFactors, LinOp};
+use hessfree_model::{FisherTargets, Kronecker, KroneckerFactors, LayerFactors, LinOp};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -155,9 +157,10 @@ pub struct Kfac {
     rng: ChaCha8Rng,
     /// The moving averages.
     factors: Option<KroneckerFactors>,
-    /// The averages the current decomposition was made from (kept so that
-    /// a resume rebuilds exactly the same inverse).
-    decomposed: Option<(KroneckerFactors, KfacEigen)>,
+    /// The averages the current inverse is made from, refreshed every
+    /// `inverse_every` steps (kept in checkpoints, so that a resume
+    /// rebuilds exactly the same inverse).
+    decomposed: Option<KroneckerFactors>,
     /// The damped inverse of `decomposed` and the `γ` it was built for:
     /// rebuilt only when either changes (every `inverse_every` steps, or
     /// when the damping adapts), not at every step.
@@ -217,9 +220,7 @@ impl Kfac {
             }
         }
         if self.steps.is_multiple_of(self.config.inverse_every) || self.decomposed.is_none() {
-            let f = self.factors.clone().expect("set above");
-            let eig = f.decompose()?;
-            self.decomposed = Some((f, eig));
+            self.decomposed = self.factors.clone();
             self.inverse = None;
         }
         Ok(())
@@ -233,11 +234,11 @@ impl Kfac {
         {
             return Ok(inverse.clone());
         }
-        let (_, eig) = self
+        let factors = self
             .decomposed
             .as_ref()
-            .expect("decomposed before updating");
-        let inverse = Arc::new(eig.inverse(gamma, g.device(), g.dtype())?);
+            .expect("factors taken before updating");
+        let inverse = Arc::new(factors.factored_inverse(gamma, g.device(), g.dtype())?);
         self.inverse = Some((gamma, inverse.clone()));
         Ok(inverse)
     }
@@ -484,7 +485,7 @@ impl Resumable<HfState> for Kfac {
         if let Some(f) = &self.factors {
             put_factors(snap, "kfac.average", f)?;
         }
-        if let Some((f, _)) = &self.decomposed {
+        if let Some(f) = &self.decomposed {
             put_factors(snap, "kfac.decomposed", f)?;
         }
         if let Some(d0) = &self.previous {
@@ -521,13 +522,7 @@ impl Resumable<HfState> for Kfac {
         self.steps = s.steps;
         self.damping = s.damping;
         self.factors = get_factors(saved, "kfac.average", &s.layers)?;
-        self.decomposed = match get_factors(saved, "kfac.decomposed", &s.layers)? {
-            Some(f) => {
-                let eig = f.decompose()?;
-                Some((f, eig))
-            }
-            None => None,
-        };
+        self.decomposed = get_factors(saved, "kfac.decomposed", &s.layers)?;
         self.inverse = None;
         if self.steps > 0 && (self.factors.is_none() || self.decomposed.is_none()) {
             return Err(SolverError::Config(format!(

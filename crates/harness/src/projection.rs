@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use hessfree_data::{MNIST_CLASSES, load_dir, resolve_data_dir};
 use hessfree_model::{CurvatureKind, Objective};
-use hessfree_report::{ensure_dir, fmt_duration_s, fmt_sig, markdown_table, write_atomic};
+use hessfree_report::{fmt_duration_s, fmt_sig, markdown_table, stale_files, write_rendered};
 use hessfree_solvers::{NewtonCgConfig, RunOptions, StopRules};
 use serde::{Deserialize, Serialize};
 
@@ -234,11 +234,7 @@ pub fn run_projection(job: &ProjectionJob) -> Result<PathBuf> {
 
 /// Writes `summary.json` and the report rendered from it, each atomically.
 pub fn write(dir: &Path, summary: &ProjectionSummary) -> Result<()> {
-    ensure_dir(dir)?;
-    for (name, bytes) in render(summary)? {
-        write_atomic(dir.join(name), bytes)?;
-    }
-    Ok(())
+    Ok(write_rendered(dir, &render(summary)?)?)
 }
 
 /// Every file of the report and its bytes.
@@ -269,19 +265,7 @@ pub fn load(dir: &Path) -> Result<ProjectionSummary> {
 
 /// The files of `dir` that differ from what its summary renders.
 pub fn check(dir: &Path) -> Result<Vec<String>> {
-    let summary = load(dir)?;
-    let mut stale = Vec::new();
-    for (name, bytes) in render(&summary)? {
-        match std::fs::read(dir.join(&name)) {
-            Ok(on_disk) if on_disk == bytes => {}
-            Ok(_) => stale.push(format!(
-                "{} differs from what its data produce",
-                dir.join(&name).display()
-            )),
-            Err(_) => stale.push(format!("{} is missing", dir.join(&name).display())),
-        }
-    }
-    Ok(stale)
+    Ok(stale_files(dir, &render(&load(dir)?)?))
 }
 
 /// The fitted timing model: seconds per product `p` (measured) and the

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use hessfree_data::{MNIST_CLASSES, load_dir, resolve_data_dir};
 use hessfree_model::{Collective, CurvatureKind, shard_range};
-use hessfree_report::{ensure_dir, markdown_table, write_atomic};
+use hessfree_report::{ensure_dir, markdown_table, stale_files, write_atomic, write_rendered};
 use hessfree_solvers::{NewtonCgConfig, RunOptions, StopRules};
 use serde::{Deserialize, Serialize};
 
@@ -663,11 +663,7 @@ pub fn render(s: &ScalingSummary) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// Writes every file atomically.
 pub fn write(dir: &Path, s: &ScalingSummary) -> Result<()> {
-    ensure_dir(dir)?;
-    for (name, bytes) in render(s)? {
-        write_atomic(dir.join(name), bytes)?;
-    }
-    Ok(())
+    Ok(write_rendered(dir, &render(s)?)?)
 }
 
 /// Reads `dir/summary.json`, if it is the scaling study's.
@@ -685,19 +681,7 @@ pub fn load(dir: &Path) -> Result<ScalingSummary> {
 
 /// The files of `dir` that differ from what its summary renders.
 pub fn check(dir: &Path) -> Result<Vec<String>> {
-    let s = load(dir)?;
-    let mut stale = Vec::new();
-    for (name, bytes) in render(&s)? {
-        match std::fs::read(dir.join(&name)) {
-            Ok(on_disk) if on_disk == bytes => {}
-            Ok(_) => stale.push(format!(
-                "{} differs from what its data produce",
-                dir.join(&name).display()
-            )),
-            Err(_) => stale.push(format!("{} is missing", dir.join(&name).display())),
-        }
-    }
-    Ok(stale)
+    Ok(stale_files(dir, &render(&load(dir)?)?))
 }
 
 #[cfg(test)]

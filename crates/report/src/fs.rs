@@ -54,6 +54,36 @@ where
     })
 }
 
+/// Writes each rendered `(file name, bytes)` into `dir` (created if
+/// missing), each atomically.
+pub fn write_rendered(dir: impl AsRef<Path>, files: &[(String, Vec<u8>)]) -> Result<()> {
+    let dir = dir.as_ref();
+    ensure_dir(dir)?;
+    for (name, bytes) in files {
+        write_atomic(dir.join(name), bytes)?;
+    }
+    Ok(())
+}
+
+/// The rendered files that `dir` lacks or holds with other bytes, as
+/// messages naming each (empty: the directory is current).
+pub fn stale_files(dir: impl AsRef<Path>, files: &[(String, Vec<u8>)]) -> Vec<String> {
+    let dir = dir.as_ref();
+    let mut stale = Vec::new();
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        match fs::read(&path) {
+            Ok(on_disk) if &on_disk == bytes => {}
+            Ok(_) => stale.push(format!(
+                "{} differs from what its data produce",
+                path.display()
+            )),
+            Err(_) => stale.push(format!("{} is missing", path.display())),
+        }
+    }
+    stale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

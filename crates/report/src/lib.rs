@@ -24,7 +24,7 @@ mod spy;
 pub use crate::csv::{Csv, csv_field};
 pub use crate::error::{ReportError, Result};
 pub use crate::format::{fmt_bytes, fmt_duration_s, fmt_sci, fmt_sig};
-pub use crate::fs::{ensure_dir, write_atomic, write_atomic_with};
+pub use crate::fs::{ensure_dir, stale_files, write_atomic, write_atomic_with, write_rendered};
 pub use crate::json::{to_json_pretty, write_json};
 pub use crate::markdown::{
     Align, escape_cell, markdown_image, markdown_table, markdown_table_aligned,

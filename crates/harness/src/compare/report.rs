@@ -1019,17 +1019,7 @@ impl CompareReport {
     /// file that differs from what is on disk (empty: the report is current).
     pub fn check(dir: &Path) -> Result<Vec<String>> {
         let report = Self::load(dir)?;
-        let mut stale = Vec::new();
-        for (name, bytes) in report.render()? {
-            match std::fs::read(dir.join(&name)) {
-                Ok(on_disk) if on_disk == bytes => {}
-                Ok(_) => stale.push(format!(
-                    "{} differs from what its data produce",
-                    dir.join(&name).display()
-                )),
-                Err(_) => stale.push(format!("{} is missing", dir.join(&name).display())),
-            }
-        }
+        let mut stale = hessfree_report::stale_files(dir, &report.render()?);
         if let Some(file) = &report.summary.reconstructions_image
             && !dir.join(file).is_file()
         {

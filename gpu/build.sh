@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Build the CUDA binaries the GPU check needs and collect them, stripped, into
 # target/gpu-bundle/ (inside the repo's gitignored target/, so the device tool
-# can carry it). Stripped, the three are still ~150 MB (each embeds ~32 MB of
+# can carry it). Stripped, the four are still ~190 MB (each embeds ~32 MB of
 # candle-kernels' sm_90a fatbin and ~5 MB of PTX), so the bundle holds them as
-# one xz-compressed tar (~10 MB; they share most bytes), which gpu/check.sh
-# unpacks:
-#   target/gpu-bundle/bundle.tar.xz   fused, softmax, xtask
-#   target/gpu-bundle/BUILD.txt       provenance + sha256 of the three
+# one xz-compressed tar (they share most bytes), which gpu/check.sh unpacks:
+#   target/gpu-bundle/bundle.tar.xz   fused, deep, softmax, xtask
+#   target/gpu-bundle/BUILD.txt       provenance + sha256 of the four
 # The stripped binaries also stay in $CARGO_TARGET_DIR/gpu-stage/ for inspection.
 #
 # Run from anywhere, with the toolkit's env.sh sourced:
@@ -19,6 +18,7 @@
 # messages (the `executable` field), never by globbing target/.
 #
 #   fused     hessfree-model's integration test `fused` (dev profile)
+#   deep      hessfree-model's integration test `deep` (dev profile)
 #   softmax   the root package's criterion bench `softmax` (bench profile)
 #   xtask     the harness binary (dev profile)
 #
@@ -93,17 +93,21 @@ PY
   strip "$STAGE/$name"
 }
 
+# The binaries in the bundle; check.sh expects the same names.
+BINARIES=(fused deep softmax xtask)
+
 rm -rf "$BUNDLE" "$STAGE"
 mkdir -p "$BUNDLE" "$STAGE"
 
 build_one fused   test  test  -p hessfree-model --features cuda --test fused --no-run
+build_one deep    test  test  -p hessfree-model --features cuda --test deep --no-run
 build_one softmax bench bench --features cuda --bench softmax --no-run
 build_one xtask   bin   build -p xtask --features cuda
 
 # --- checks ------------------------------------------------------------------
 # 1. PTX embedded by candle-kernels must be ISA <= 9.0 (CUDA 13.0), or the 13.0
 #    driver's JIT rejects it (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
-for f in fused softmax xtask; do
+for f in "${BINARIES[@]}"; do
   vers=$(grep -aoE '^\.version [0-9]+\.[0-9]+' "$STAGE/$f" | sort -u | awk '{print $2}' | tr '\n' ' ')
   [[ -n $vers ]] || die "$f: no embedded PTX found ('.version' lines); was candle-kernels built?"
   for v in $vers; do
@@ -113,7 +117,7 @@ for f in fused softmax xtask; do
   log "$f: embedded PTX ISA versions: $vers"
 done
 # 2. dynamic dependencies: libcuda.so.1 (driver) and the 13.x libraries only.
-for f in fused softmax xtask; do
+for f in "${BINARIES[@]}"; do
   needed=$(readelf -d "$STAGE/$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
   log "$f needs: $needed"
   [[ " $needed " == *" libcuda.so.1 "* ]] || die "$f does not need libcuda.so.1 (stub with a wrong SONAME?)"
@@ -121,7 +125,7 @@ for f in fused softmax xtask; do
 done
 # 3. the driver symbols referenced must exist in the 13.0 driver API; cudarc
 #    pinned to 13000 guarantees it, this just records them.
-undef=$(nm -D --undefined-only "$STAGE/fused" "$STAGE/softmax" "$STAGE/xtask" \
+undef=$(nm -D --undefined-only "${BINARIES[@]/#/$STAGE/}" \
         | awk '$2 ~ /^cu[A-Z]/ {print $2}' | sort -u | wc -l)
 
 {
@@ -130,24 +134,24 @@ undef=$(nm -D --undefined-only "$STAGE/fused" "$STAGE/softmax" "$STAGE/xtask" \
   echo "nvcc: $(nvcc --version | tail -1)"
   echo "CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-}"
   echo "driver symbols referenced: $undef"
-  echo "needs: $(objdump -T "$STAGE/fused" "$STAGE/softmax" "$STAGE/xtask" | grep -oE 'GLIBC_[0-9.]+' | sort -uV | tail -1) (glibc), driver >= 580 (CUDA 13.0)"
+  echo "needs: $(objdump -T "${BINARIES[@]/#/$STAGE/}" | grep -oE 'GLIBC_[0-9.]+' | sort -uV | tail -1) (glibc), driver >= 580 (CUDA 13.0)"
   grep '^#   ' "$CUDA_HOME/env.sh" 2>/dev/null | sed 's/^#   /wheel: /' || true
   echo "sha256 (stripped binaries, in bundle.tar.xz):"
-  (cd "$STAGE" && sha256sum fused softmax xtask)
+  (cd "$STAGE" && sha256sum "${BINARIES[@]}")
 } > "$BUNDLE/BUILD.txt"
 
 # --- compress ------------------------------------------------------------------
-# One xz stream over all three (a 64 MiB dictionary spans the shared fatbin);
+# One xz stream over all of them (a 64 MiB dictionary spans the shared fatbin);
 # single-threaded, since xz -T splits the input into independent blocks.
 log "compressing (xz -9, ~1 min)"
 t0=$SECONDS
-tar -C "$STAGE" --owner=0 --group=0 -cf - fused softmax xtask | xz -9 -T1 > "$BUNDLE/bundle.tar.xz" \
+tar -C "$STAGE" --owner=0 --group=0 -cf - "${BINARIES[@]}" | xz -9 -T1 > "$BUNDLE/bundle.tar.xz" \
   || die "compressing the bundle failed"
 log "compressed in $((SECONDS - t0)) s"
 
 # --- sizes -------------------------------------------------------------------
 mib() { awk -v s="$1" 'BEGIN { printf "%.1f", s / 1048576 }'; }
-for f in fused softmax xtask; do
+for f in "${BINARIES[@]}"; do
   sz=$(stat -c %s "$STAGE/$f")
   printf 'build.sh: %-14s %10d bytes  (%s MiB, stripped, uncompressed)\n' "$f" "$sz" "$(mib "$sz")" >&2
 done

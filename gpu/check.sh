@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script to run ON the GPU machine, from the repo root, with the
 # bundle from gpu/build.sh at target/gpu-bundle (bundle.tar.xz + BUILD.txt;
-# BUNDLE=DIR overrides; loose binaries fused/softmax/xtask in DIR also work):
+# BUNDLE=DIR overrides; loose binaries fused/deep/softmax/xtask in DIR also work):
 #
 #   bash gpu/check.sh            # device tool: carry ["target/gpu-bundle"], timeout_s ~480
 #
@@ -11,18 +11,24 @@
 #   summary.txt                  step status + criterion 'time:' lines
 #   compare-cuda/summary.json    xtask compare, Newton-CG on the L2 problem (CUDA, f64)
 #   compare-cuda/report.md
+#   autoencoder-cuda/summary.json  xtask compare, HF and Adam on the deep autoencoder (CUDA, f32)
+#   autoencoder-cuda/report.md
 #
-# Env: OUT, BUNDLE, CHECK_BUDGET_S (default 400), CHECK_LIB_DIRS (extra
+# Env: OUT, BUNDLE, CHECK_BUDGET_S (default 460), CHECK_LIB_DIRS (extra
 # library folders to search first, colon-separated).
 #
 # Steps (each under `timeout`, a failure does not stop the others; the whole
-# run keeps within CHECK_BUDGET_S, default 400 s, so that it ends before the
+# run keeps within CHECK_BUDGET_S, default 460 s, so that it ends before the
 # device tool's limit):
 #   a. fused test fused_ops_on_cuda* (CUDA kernels vs the unfused candle path),
-#      with the default block count, then with 1 and 3 blocks
+#      with the default block count, then with 1 and 3 blocks; deep test
+#      deep_models_on_cuda_match_cpu (the deep models' loss, gradient,
+#      Gauss-Newton and Hessian products on CUDA against the CPU)
 #   b. criterion cuda/softmax benches
 #   c. HESSFREE_CUDA_BLOCKS sweep of cuda/softmax/hvp/f32/n60000/fused-u8
 #   d. xtask compare --device cuda (Newton-CG, softmax+bias, l2 1e-4, f64)
+#   e. xtask compare --device cuda on the deep autoencoder of
+#      docs/reports/deep-autoencoder: HF and Adam (lr 1e-3), 45 s each, f32
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -32,7 +38,9 @@ mkdir -p "$OUT" || { echo "check.sh: error: cannot create OUT=$OUT" >&2; exit 1;
 OUT=$(cd "$OUT" && pwd -P)
 B=${BUNDLE:-$ROOT/target/gpu-bundle}
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/hessfree-gpu-check.XXXXXX")
-BUDGET=${CHECK_BUDGET_S:-400}
+BUDGET=${CHECK_BUDGET_S:-460}
+# The binaries gpu/build.sh bundles.
+BINARIES=(fused deep softmax xtask)
 SYS=$OUT/system.txt
 SUMMARY=$OUT/summary.txt
 
@@ -71,6 +79,27 @@ step() {
     log "FAILED: $name (exit $rc)"
   fi
   return 0
+}
+
+# keep_summary DIR: keep only a compare run's summary.json and report.md (the
+# device tool returns at most 8 files) and print the runs' headline numbers.
+keep_summary() {
+  local dir=$1
+  [[ -d $dir ]] || return 0
+  find "$dir" -mindepth 1 -maxdepth 1 ! -name summary.json ! -name report.md -exec rm -rf {} +
+  ls -l "$dir"
+  if [[ -f $dir/summary.json ]] && command -v python3 >/dev/null; then
+    python3 - "$dir/summary.json" <<'PY' || true
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("device:", d.get("device"), "dtype:", d.get("dtype"), "problem:", d.get("problem"))
+for r in d.get("runs", []):
+    print({k: r.get(k) for k in ("name", "stop_reason", "iterations", "wall_seconds",
+                                 "final_objective", "final_grad_norm", "test_accuracy",
+                                 "train_error", "test_error", "data_passes",
+                                 "hvp_evals", "peak_memory_bytes")})
+PY
+  fi
 }
 
 # --- the CUDA libraries --------------------------------------------------------
@@ -228,7 +257,7 @@ main() {
     fi
   fi
   local missing=0 f
-  for f in fused softmax xtask; do
+  for f in "${BINARIES[@]}"; do
     if [[ ! -x $BIN/$f ]]; then
       log "ERROR: $BIN/$f is missing: build it with gpu/build.sh and carry target/gpu-bundle"
       missing=1
@@ -247,7 +276,7 @@ main() {
 
   local bad=0 out
   {
-    for f in fused softmax xtask; do
+    for f in "${BINARIES[@]}"; do
       hdr "ldd $f"
       out=$(ldd "$BIN/$f" 2>&1)
       echo "$out"
@@ -259,7 +288,7 @@ main() {
       fi
     done
   } 2>&1 | tee -a "$SYS"
-  for f in fused softmax xtask; do
+  for f in "${BINARIES[@]}"; do
     if ldd "$BIN/$f" 2>&1 | grep -q 'not found'; then bad=1; fi
   done
   if ldd "$BIN/xtask" 2>&1 | grep -q 'libcuda.so.1 => not found'; then
@@ -278,23 +307,25 @@ main() {
   # a. correctness of the CUDA kernels (~seconds each): with the default
   #    block count every block gets one tile of the test's small batches, so
   #    1 and 3 blocks also run the tile loop and uneven partitions.
-  step "a. fused test fused_ops_on_cuda" 90 240 \
+  step "a. fused test fused_ops_on_cuda" 90 360 \
     "$BIN/fused" fused_ops_on_cuda --nocapture
   local tb
   for tb in 1 3; do
-    step "a. fused test fused_ops_on_cuda HESSFREE_CUDA_BLOCKS=$tb" 60 230 \
+    step "a. fused test fused_ops_on_cuda HESSFREE_CUDA_BLOCKS=$tb" 60 350 \
       env HESSFREE_CUDA_BLOCKS="$tb" "$BIN/fused" fused_ops_on_cuda
   done
+  step "a. deep test deep_models_on_cuda_match_cpu" 60 320 \
+    "$BIN/deep" deep_models_on_cuda_match_cpu --nocapture
 
   # b. all cuda/softmax benches (24, about 4 s each)
-  step "b. bench cuda/softmax" 180 200 \
+  step "b. bench cuda/softmax" 180 270 \
     "$BIN/softmax" --bench 'cuda/softmax' --warm-up-time 1 --measurement-time 2
 
   # c. block-count sweep on the fused u8 HVP
   local blocks
   for blocks in 132 264 528 1056; do
     echo "HESSFREE_CUDA_BLOCKS=$blocks"
-    step "c. bench hvp/f32/n60000/fused-u8 HESSFREE_CUDA_BLOCKS=$blocks" 45 150 \
+    step "c. bench hvp/f32/n60000/fused-u8 HESSFREE_CUDA_BLOCKS=$blocks" 45 220 \
       env HESSFREE_CUDA_BLOCKS="$blocks" \
       "$BIN/softmax" --bench 'cuda/softmax/hvp/f32/n60000/fused-u8' --warm-up-time 1 --measurement-time 2
   done
@@ -304,27 +335,28 @@ main() {
   #    as in docs/reports/newton-vs-sgd-l2 so the numbers compare with it.
   local cmp=$OUT/compare-cuda
   rm -rf "$cmp"
-  step "d. xtask compare --device cuda newton-cg" 180 5 \
+  step "d. xtask compare --device cuda newton-cg" 180 125 \
     "$BIN/xtask" compare --device cuda --dtype f64 --optimizers newton-cg \
       --model softmax --l2 1e-4 --grad-tol 1e-8 --max-iters 500 --max-time 120 \
       --title "Newton-CG on CUDA: L2-regularised softmax regression (lam = 1e-4, f64)" \
       --out "$cmp"
-  if [[ -d $cmp ]]; then
-    # keep only summary.json and report.md (the device tool returns <= 8 files)
-    find "$cmp" -mindepth 1 -maxdepth 1 ! -name summary.json ! -name report.md -exec rm -rf {} +
-    ls -l "$cmp"
-    if [[ -f $cmp/summary.json ]] && command -v python3 >/dev/null; then
-      python3 - "$cmp/summary.json" <<'PY' || true
-import json, sys
-d = json.load(open(sys.argv[1]))
-print("device:", d.get("device"), "dtype:", d.get("dtype"), "problem:", d.get("problem"))
-for r in d.get("runs", []):
-    print({k: r.get(k) for k in ("name", "stop_reason", "iterations", "wall_seconds",
-                                 "final_objective", "final_grad_norm", "test_accuracy",
-                                 "hvp_evals", "peak_memory_bytes")})
-PY
-    fi
-  fi
+  keep_summary "$cmp"
+
+  # e. The deep autoencoder of docs/reports/deep-autoencoder (784-400-200-
+  #    100-50-25-6 mirrored, sparse init, l2 1e-5, f32) on CUDA: HF and Adam
+  #    at its best grid point (lr 1e-3), 45 s each. Short, so it compares
+  #    with the report's curves at 45 s, not with their final values.
+  local ae=$OUT/autoencoder-cuda
+  rm -rf "$ae"
+  step "e. xtask compare --device cuda deep autoencoder" 150 5 \
+    "$BIN/xtask" compare --device cuda --dtype f32 \
+      --optimizers 'hf,adam@lr=1e-3;trace_every=50' \
+      --model autoencoder:400,200,100,50,25,6 --init sparse --l2 1e-5 --curvature ggn \
+      --grad-tol 0 --max-iters 100000 --sgd-steps 100000000 --sgd-eval-every 500 \
+      --sgd-batch 100 --max-time 45 \
+      --title "Deep autoencoder on CUDA: HF and Adam, 45 s each (f32)" \
+      --out "$ae"
+  keep_summary "$ae"
 
   # --- summary -----------------------------------------------------------------
   hdr "summary"

@@ -579,3 +579,122 @@ fn spec_strings_keep_the_old_form_and_add_per_layer_ones() -> R<()> {
     assert!(e.contains("sparse"), "{e}");
     Ok(())
 }
+
+/// Tolerance of a result on `device` in `dtype` against the CPU in f64:
+/// reassociated sums in f64, rounding of the inputs and of every layer in
+/// f32.
+fn device_tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-10,
+        _ => 2e-4,
+    }
+}
+
+/// The deep models on `device`, in f64 and f32, against the CPU in f64:
+/// loss, gradient, Gauss-Newton and exact Hessian products, the per-case
+/// squared gradients (the HF preconditioner) and the reconstruction error.
+/// Three models cover the three losses: the autoencoder with sigmoid
+/// cross-entropy, a mixed MLP with softmax cross-entropy and one with
+/// squared error. 300 rows in chunks of 64, so that sums run over several
+/// chunks and a partial one; each result must land on `device`.
+fn check_deep_models_on(device: &Device) -> R<()> {
+    let n = 300;
+    let x = pixels(n, 12, 21)?;
+    // `None`: the model's natural loss.
+    let cases: Vec<(Model, Batches, Option<hessfree_model::SquaredError>)> = vec![
+        (
+            Model::new(
+                ModelSpec::parse("autoencoder:8,4,2", Activation::Tanh)?,
+                12,
+                12,
+            )?,
+            Batches::reconstruction(&x, 64)?,
+            None,
+        ),
+        (
+            Model::new(ModelSpec::parse(MIXED[0], Activation::Tanh)?, 12, 3)?,
+            classification(n, 12, 3, 22)?,
+            None,
+        ),
+        (
+            Model::new(ModelSpec::parse(MIXED[1], Activation::Tanh)?, 12, 3)?,
+            classification(n, 12, 3, 23)?,
+            Some(hessfree_model::SquaredError),
+        ),
+    ];
+    for (model, data, loss) in cases {
+        let spec = model.spec().to_string();
+        let build = |data: Batches| -> R<MlpObjective> {
+            let obj = MlpObjective::new(model.clone(), data, vec![Penalty::L2 { lam: 1e-3 }])?;
+            Ok(match loss {
+                Some(l) => obj.with_loss(Arc::new(l)),
+                None => obj,
+            })
+        };
+        let reference = build(data.clone())?;
+        let w = point(&model, 24)?;
+        let v = random_vec(model.layout().len(), 25)?;
+        let (l_ref, g_ref) = reference.loss_and_grad(&w)?;
+        let gn_ref = reference
+            .curvature(&w, CurvatureKind::GaussNewton)?
+            .apply(&v)?;
+        let h_ref = reference.curvature(&w, CurvatureKind::Hessian)?.apply(&v)?;
+        let sq_ref = reference.per_example_squared_gradients(&w)?;
+        let recon_ref = model
+            .is_autoencoder()
+            .then(|| model.reconstruction_error(&w, &x, 64))
+            .transpose()?;
+        for dtype in [DType::F64, DType::F32] {
+            let what = format!("{spec} on {device:?} in {dtype:?}");
+            let t = device_tol(dtype);
+            let on = |t: &Tensor| -> R<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+            let chunks: Vec<(Tensor, Tensor)> = data.chunks().to_vec();
+            let xs = Tensor::cat(&chunks.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), 0)?;
+            let ys = Tensor::cat(&chunks.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), 0)?;
+            let obj = build(Batches::new(&on(&xs)?, &on(&ys)?, 64)?)?;
+            let (wd, vd) = (on(&w)?, on(&v)?);
+            let back = |r: &Tensor| -> R<Tensor> {
+                assert!(
+                    r.device().same_device(device),
+                    "{what}: result not on the device"
+                );
+                Ok(r.to_device(&Device::Cpu)?.to_dtype(DType::F64)?)
+            };
+            let (l, g) = obj.loss_and_grad(&wd)?;
+            let e = ((l - l_ref) / l_ref).abs();
+            assert!(e < t, "{what}: loss {l} vs {l_ref} ({e:e})");
+            let e = rel(&back(&g)?, &g_ref)?;
+            assert!(e < t, "{what}: gradient {e:e}");
+            let gn = obj.curvature(&wd, CurvatureKind::GaussNewton)?.apply(&vd)?;
+            let e = rel(&back(&gn)?, &gn_ref)?;
+            assert!(e < t, "{what}: Gauss-Newton product {e:e}");
+            let h = obj.curvature(&wd, CurvatureKind::Hessian)?.apply(&vd)?;
+            let e = rel(&back(&h)?, &h_ref)?;
+            assert!(e < t, "{what}: Hessian product {e:e}");
+            let sq = obj.per_example_squared_gradients(&wd)?;
+            let e = rel(&back(&sq)?, &sq_ref)?;
+            assert!(e < t, "{what}: per-case squared gradients {e:e}");
+            if let Some(r_ref) = recon_ref {
+                let r = model.reconstruction_error(&wd, &on(&x)?, 64)?;
+                let e = ((r - r_ref) / r_ref).abs();
+                assert!(e < t, "{what}: reconstruction error {r} vs {r_ref} ({e:e})");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// On the CPU this checks the f32 path against f64 (and f64 against itself
+/// through a rebuilt objective); `gpu/check.sh` runs the CUDA twin below.
+#[test]
+fn deep_models_on_cpu_match_f64() -> R<()> {
+    check_deep_models_on(&Device::Cpu)
+}
+
+/// With the `cuda` feature this needs a GPU: a missing device is a failure,
+/// not a skip.
+#[cfg(feature = "cuda")]
+#[test]
+fn deep_models_on_cuda_match_cpu() -> R<()> {
+    check_deep_models_on(&Device::new_cuda(0)?)
+}

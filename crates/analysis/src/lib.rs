@@ -13,6 +13,9 @@
 //!   `rank(H) = (k−1)·rank(X)`;
 //! - [`lambda_min`]: the smallest eigenvalue of a penalised softmax Hessian,
 //!   certified by a bracket;
+//! - [`approximation`]: how well one small assembled curvature matrix (the
+//!   K-FAC matrix, say) stands in for another: relative Frobenius error,
+//!   eigenvalues, and the condition number it leaves as a preconditioner;
 //! - [`memory`]: dense bytes against the measured working memory of the
 //!   matrix-free operator.
 //!
@@ -23,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod approximation;
 pub mod error;
 pub mod hutchinson;
 pub mod lambda_min;
@@ -33,6 +37,10 @@ pub mod slq;
 pub mod spectrum;
 mod util;
 
+pub use approximation::{
+    SpdPreconditioner, block_diagonal, damped_condition_dense, descending_eigenvalues,
+    jacobi_condition, relative_frobenius,
+};
 pub use error::{AnalysisError, Result};
 pub use hutchinson::{TraceEstimate, hutchinson_trace, student_t_975};
 pub use lambda_min::{LambdaMin, certify_lambda_min};

@@ -1,6 +1,7 @@
 //! The notebook's Hessian study reproduced and explained, plus the
 //! matrix-free spectrum: spy plots, rank against batch size, memory, the
-//! spectra of the softmax and MLP problems and what they pay for Newton.
+//! spectra of the softmax and MLP problems, what they pay for Newton, and
+//! K-FAC against the assembled Gauss-Newton matrix of a small MLP.
 //!
 //! [`run`] loads the data, picks the points to analyse (the solvers' damped
 //! Newton-CG for the softmax problems, SGD for the MLP), computes with
@@ -32,6 +33,7 @@ use crate::method::Method;
 use crate::provenance::{cpu_model, git_revision};
 
 mod check;
+mod kfac;
 mod render;
 pub mod schema;
 pub mod spy;
@@ -77,6 +79,13 @@ struct Plan {
     newton_max_iters: u64,
     newton_max_hvps: u64,
     payoff_max_cg: usize,
+    /// Hidden widths of the MLP whose Gauss-Newton matrix is assembled for
+    /// the K-FAC comparison (its order is the parameter count).
+    kfac_hidden: Vec<usize>,
+    /// Training images that curvature is averaged over.
+    kfac_samples: usize,
+    /// Dampings of the preconditioned systems.
+    kfac_dampings: Vec<f64>,
 }
 
 impl Plan {
@@ -120,6 +129,9 @@ impl Plan {
             newton_max_iters: if quick { 10 } else { 40 },
             newton_max_hvps: if quick { 500 } else { 2000 },
             payoff_max_cg: if quick { 100 } else { 300 },
+            kfac_hidden: if quick { vec![2] } else { vec![4, 4] },
+            kfac_samples: if quick { 200 } else { 2000 },
+            kfac_dampings: vec![1e-4, 1e-3, 1e-2],
         }
     }
 }
@@ -167,6 +179,7 @@ pub fn run(opts: &HessianOptions) -> Result<()> {
     })?;
 
     let (problems, payoff) = spectra_and_payoff(train, test, &plan)?;
+    let kfac = kfac::kfac_study(train, test, &plan)?;
 
     let summary = Summary {
         meta: Meta {
@@ -189,6 +202,7 @@ pub fn run(opts: &HessianOptions) -> Result<()> {
         spy,
         problems,
         payoff,
+        kfac,
     };
     // Render from the JSON text, exactly as --check will.
     let json = hessfree_report::to_json_pretty(&summary)?;
@@ -223,7 +237,8 @@ fn remove_stale_figures(out: &Path, summary: &Summary) -> Result<()> {
         let name = entry?.file_name().to_string_lossy().into_owned();
         let ours = (name.starts_with("spy_n") && name.ends_with(".png"))
             || (name.starts_with("digit_") && name.ends_with(".png"))
-            || (name.starts_with("density_") && name.ends_with(".svg"));
+            || (name.starts_with("density_") && name.ends_with(".svg"))
+            || (name.starts_with("kfac_eigenvalues_") && name.ends_with(".svg"));
         if ours && !current.contains(&name) {
             std::fs::remove_file(out.join(&name))
                 .with_context(|| format!("removing stale figure {}", out.join(&name).display()))?;

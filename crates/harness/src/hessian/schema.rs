@@ -18,6 +18,7 @@ pub(crate) struct Summary {
     pub(crate) spy: Vec<SpyFile>,
     pub(crate) problems: Vec<Problem>,
     pub(crate) payoff: Payoff,
+    pub(crate) kfac: KfacStudy,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,4 +123,58 @@ pub(crate) struct Payoff {
     /// with the Laplacian penalty.
     pub(crate) newton: Vec<(String, OptimumInfo)>,
     pub(crate) conditions: Vec<(String, Vec<DampedCondition>)>,
+}
+
+/// K-FAC against the assembled Gauss-Newton matrix of a small MLP.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KfacStudy {
+    pub(crate) model: String,
+    /// Training images the curvature is averaged over.
+    pub(crate) samples: usize,
+    pub(crate) dim: usize,
+    /// Parameters per layer: the diagonal blocks K-FAC keeps.
+    pub(crate) blocks: Vec<usize>,
+    pub(crate) dampings: Vec<f64>,
+    pub(crate) points: Vec<KfacPoint>,
+    pub(crate) seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KfacPoint {
+    pub(crate) key: String,
+    pub(crate) point: String,
+    /// How the point was reached (`None`: the initialisation).
+    pub(crate) training: Option<OptimumInfo>,
+    pub(crate) figure: String,
+    pub(crate) ggn_largest: f64,
+    pub(crate) ggn_trace: f64,
+    /// `(rank, eigenvalue)`, largest first, at the ranks the figure uses.
+    pub(crate) ggn_eigenvalues: Vec<(usize, f64)>,
+    pub(crate) approximations: Vec<Approximation>,
+    pub(crate) preconditioned: Vec<PreconditionedRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Approximation {
+    pub(crate) name: String,
+    /// `‖M − GGN‖_F / ‖GGN‖_F`.
+    pub(crate) relative_frobenius: f64,
+    /// `‖M − blockdiag(GGN)‖_F / ‖blockdiag(GGN)‖_F`: the error of the
+    /// Kronecker factorisation alone (`None` for the block diagonal itself).
+    pub(crate) vs_block_diagonal: Option<f64>,
+    pub(crate) eigenvalues: Vec<(usize, f64)>,
+}
+
+/// Condition numbers of the damped system `GGN + γI` without and with a
+/// preconditioner.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PreconditionedRow {
+    pub(crate) damping: f64,
+    pub(crate) none: f64,
+    /// `diag(GGN) + γI`.
+    pub(crate) jacobi: f64,
+    /// `K-FAC + γI` (exact-expectation factors, exactly shifted).
+    pub(crate) kfac: f64,
+    /// The same from Monte-Carlo factors (1 target per case).
+    pub(crate) kfac_mc: f64,
 }

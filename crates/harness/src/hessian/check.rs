@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::render::{figures, render_report};
+use hessfree_report::stale_files;
+
+use super::render::{figures, rendered};
 use super::schema::Summary;
 
 // --check.
@@ -25,22 +27,7 @@ pub fn check(out: &Path) -> Result<()> {
             summary_path.display()
         )
     })?;
-    let mut problems = Vec::new();
-    let expect = |name: &str, want: &str, problems: &mut Vec<String>| {
-        let path = out.join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(have) if have == want => {}
-            Ok(_) => problems.push(format!(
-                "{} differs from what summary.json renders to",
-                path.display()
-            )),
-            Err(e) => problems.push(format!("{}: {e}", path.display())),
-        }
-    };
-    expect("report.md", &render_report(&summary), &mut problems);
-    for (file, plot) in figures(&summary) {
-        expect(&file, &plot.render_svg()?, &mut problems);
-    }
+    let mut problems = stale_files(out, &rendered(&summary)?);
     let pngs = summary
         .digits
         .iter()

@@ -26,7 +26,7 @@ use hessfree_model::{
     Activation, Batches, CgOptions, CurvatureKind, Init, Model, ModelSpec, Objective, Penalty,
     SoftmaxObjective, objective_for,
 };
-use hessfree_report::{ensure_dir, fmt_sig, write_atomic, write_json};
+use hessfree_report::{ensure_dir, fmt_sig, write_atomic, write_json, write_rendered};
 use hessfree_solvers::{HfProblem, NewtonCgConfig, RunOptions, SgdConfig, StopReason, StopRules};
 
 use crate::method::Method;
@@ -40,7 +40,7 @@ pub mod spy;
 pub mod study;
 
 pub use check::check;
-use render::{figures, render_report};
+use render::{figures, rendered};
 use schema::*;
 pub use spy::{HessianOrder, hessian_spy_mask};
 use study::{RankStudyConfig, SpyPlot, newton_system_cg, rank_study};
@@ -207,10 +207,7 @@ pub fn run(opts: &HessianOptions) -> Result<()> {
     // Render from the JSON text, exactly as --check will.
     let json = hessfree_report::to_json_pretty(&summary)?;
     let summary: Summary = serde_json::from_str(&json)?;
-    for (file, plot) in figures(&summary) {
-        plot.write_svg(out.join(file))?;
-    }
-    write_atomic(out.join("report.md"), render_report(&summary))?;
+    write_rendered(out, &rendered(&summary)?)?;
     write_json(out.join("summary.json"), &summary)?;
     remove_stale_figures(out, &summary)?;
     tracing::info!(

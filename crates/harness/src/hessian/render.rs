@@ -10,6 +10,16 @@ use hessfree_report::{
 
 use super::schema::*;
 use super::spy::HessianOrder;
+/// Every file the report renders from its record: `report.md` and the SVG
+/// figures, as `(name, bytes)` for `write_rendered` and `stale_files`.
+pub(crate) fn rendered(s: &Summary) -> hessfree_report::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = vec![("report.md".to_string(), render_report(s).into_bytes())];
+    for (file, plot) in figures(s) {
+        files.push((file, plot.render_svg()?.into_bytes()));
+    }
+    Ok(files)
+}
+
 pub(crate) fn figures(s: &Summary) -> Vec<(String, LinePlot)> {
     let mut out = Vec::new();
     let rows = &s.rank.rows;

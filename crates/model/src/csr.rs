@@ -97,6 +97,42 @@ impl CsrU8 {
         })
     }
 
+    /// The matrix whose rows are `rows`, each `(matrix, row)`, in order:
+    /// a sub-sample's inputs gathered from compressed chunks without going
+    /// back to the dense bytes. Every source must have `cols` columns and
+    /// the scale `scale`.
+    pub fn gather(rows: &[(&CsrU8, usize)], cols: usize, scale: f64) -> Result<Self> {
+        let nnz = rows
+            .iter()
+            .map(|(m, i)| m.indptr[i + 1] - m.indptr[*i])
+            .sum();
+        let mut indptr = Vec::with_capacity(rows.len() + 1);
+        let mut indices = Vec::with_capacity(nnz);
+        let mut values = Vec::with_capacity(nnz);
+        indptr.push(0);
+        for &(m, i) in rows {
+            if m.cols != cols || m.scale.to_bits() != scale.to_bits() || i >= m.rows {
+                return Err(ModelError::Batch(format!(
+                    "gathering row {i} of a {}x{} CSR matrix (scale {}) into one of {cols} \
+                     columns (scale {scale})",
+                    m.rows, m.cols, m.scale
+                )));
+            }
+            let (idx, val) = m.row(i);
+            indices.extend_from_slice(idx);
+            values.extend_from_slice(val);
+            indptr.push(values.len());
+        }
+        Ok(Self {
+            rows: rows.len(),
+            cols,
+            indptr,
+            indices,
+            values,
+            scale,
+        })
+    }
+
     /// Rows of `X`, the samples.
     pub fn rows(&self) -> usize {
         self.rows

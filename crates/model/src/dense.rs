@@ -16,8 +16,14 @@ use crate::softmax::SoftmaxObjective;
 /// Copies a 2-D tensor into a faer matrix (f64).
 pub fn tensor_to_mat(t: &Tensor) -> Result<Mat<f64>> {
     let (r, c) = t.dims2()?;
-    let rows = t.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    Ok(Mat::from_fn(r, c, |i, j| rows[i][j]))
+    // Read the tensor's own precision: converting a 785² factor to an f64
+    // tensor first costs a fresh allocation (and its page faults) per step.
+    if t.dtype() == DType::F32 {
+        let flat = t.flatten_all()?.to_vec1::<f32>()?;
+        return Ok(Mat::from_fn(r, c, |i, j| f64::from(flat[i * c + j])));
+    }
+    let flat = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(Mat::from_fn(r, c, |i, j| flat[i * c + j]))
 }
 
 /// The data term's Hessian of softmax regression at `w`, assembled in

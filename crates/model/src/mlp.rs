@@ -361,6 +361,45 @@ fn sparse_chunks(data: &Batches, storage: XStorage) -> Result<Option<Vec<Arc<Csr
     Ok(Some(out))
 }
 
+/// The compressed rows of `sub = full.select(indices)`, gathered from
+/// `full`'s compressed chunks: the same matrices [`sparse_chunks`] would
+/// build from `sub`'s floats (the bytes are the same), without converting
+/// them back to bytes at every mini-batch. Rows are taken in
+/// [`Batches::select`]'s order: chunk by chunk, within a chunk as listed.
+fn select_sparse(
+    chunks: &[Arc<CsrU8>],
+    full: &Batches,
+    sub: &Batches,
+    indices: &[usize],
+) -> Result<Vec<Arc<CsrU8>>> {
+    let chunk_rows = full.chunk_rows();
+    let mut order: Vec<(&CsrU8, usize)> = Vec::with_capacity(indices.len());
+    for (c, m) in chunks.iter().enumerate() {
+        let lo = c * chunk_rows;
+        order.extend(
+            indices
+                .iter()
+                .filter(|&&i| i >= lo && i < lo + m.rows())
+                .map(|&i| (m.as_ref(), i - lo)),
+        );
+    }
+    let (cols, scale) = (chunks[0].cols(), chunks[0].scale());
+    let mut out = Vec::with_capacity(sub.chunks().len());
+    let mut start = 0;
+    for (x, _) in sub.chunks() {
+        let rows = x.dim(0)?;
+        let part = order.get(start..start + rows).ok_or_else(|| {
+            ModelError::Batch(format!(
+                "the sub-sample's chunks hold more rows than the {} selected",
+                order.len()
+            ))
+        })?;
+        out.push(Arc::new(CsrU8::gather(part, cols, scale)?));
+        start += rows;
+    }
+    Ok(out)
+}
+
 fn pack_layers(layout: &ParamLayout, acc: Vec<(Tensor, Tensor)>) -> Result<Tensor> {
     let parts: Vec<Tensor> = acc.into_iter().flat_map(|(w, b)| [w, b]).collect();
     layout.flatten(&parts)
@@ -538,10 +577,14 @@ impl Objective for MlpObjective {
 
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
         let data = self.data.select(indices)?;
+        let sparse = match &self.sparse {
+            Some(chunks) => Some(select_sparse(chunks, &self.data, &data, indices)?),
+            None => None,
+        };
         Ok(Arc::new(Self {
             model: self.model.clone(),
             activations: self.activations.clone(),
-            sparse: sparse_chunks(&data, self.storage)?,
+            sparse,
             data,
             reg: self.reg.clone(),
             storage: self.storage,

@@ -258,6 +258,45 @@ fn compressed_rows_feed_any_first_layer() -> R<()> {
     Ok(())
 }
 
+/// A sub-sample of an objective over compressed rows gathers them from the
+/// parent's chunks; it must be the objective built afresh on the selected
+/// rows, to the bit: unsorted indices, a repeat, rows from every chunk.
+#[test]
+fn subsamples_gather_compressed_rows_exactly() -> R<()> {
+    let x = pixels(13, 12, 15)?;
+    let data = Batches::reconstruction(&x, 5)?;
+    let model = Model::new(
+        ModelSpec::parse("autoencoder:6,3", Activation::Tanh)?,
+        12,
+        12,
+    )?;
+    let full = MlpObjective::with_storage(model.clone(), data.clone(), vec![], XStorage::Csr)?;
+    let w = point(&model, 16)?;
+    let v = random_vec(model.layout().len(), 17)?;
+    for indices in [
+        vec![12, 0, 7, 3, 7, 11, 5],
+        vec![4],
+        (0..13).rev().collect(),
+    ] {
+        let sub = full.subsample(&indices)?;
+        let fresh = MlpObjective::with_storage(
+            model.clone(),
+            data.select(&indices)?,
+            vec![],
+            XStorage::Csr,
+        )?;
+        assert_eq!(fresh.input_storage(), Some("csr-u8"));
+        let (l1, g1) = sub.loss_and_grad(&w)?;
+        let (l2, g2) = fresh.loss_and_grad(&w)?;
+        assert_eq!(l1.to_bits(), l2.to_bits(), "{indices:?}: loss");
+        assert_eq!(rel(&g1, &g2)?, 0.0, "{indices:?}: gradient");
+        let a = sub.curvature(&w, CurvatureKind::GaussNewton)?.apply(&v)?;
+        let b = fresh.curvature(&w, CurvatureKind::GaussNewton)?.apply(&v)?;
+        assert_eq!(rel(&a, &b)?, 0.0, "{indices:?}: Gauss-Newton product");
+    }
+    Ok(())
+}
+
 /// `(1/n) Σ_i (∇ℓ_i)²` against a loop over one-row objectives, whose
 /// gradient is exactly `∇ℓ_i`; penalties are not per case and stay out.
 #[test]

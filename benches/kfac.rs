@@ -2,12 +2,14 @@
 //! on the same 1000 rows: the cost targets (at most 1.5 gradients
 //! with fixed learning rate and momentum, at most 3 adaptive), with the
 //! factors' statistics on a 250-row sub-batch and the eigendecompositions
-//! amortised over T = 20 steps.
+//! amortised over T = 20 steps; adaptive also with its quadratic model's
+//! two Gauss-Newton products on the same 250 rows (`model_batch`).
 //!
-//! A step is timed as the difference of whole runs of 40 and 20 steps
-//! divided by 20, so that the runner's start-up and the trace's two
-//! evaluations cancel. Benchmark ids: `cpu/kfac/f32/n1000/grad` and
-//! `cpu/kfac/f32/n1000/{fixed,adaptive}/steps{20,40}`.
+//! A step is timed as the difference of whole runs of 80 and 20 steps
+//! divided by 60, so that the runner's start-up and the trace's two
+//! evaluations cancel (over a difference of only 20 steps the per-step
+//! figure varied by ±25% between runs). Benchmark ids: `cpu/kfac/f32/n1000/grad` and
+//! `cpu/kfac/f32/n1000/{fixed,adaptive,adaptive-model250}/steps{20,80}`.
 
 mod common;
 
@@ -50,21 +52,25 @@ fn kfac(c: &mut Criterion) {
         .expect("objective"),
     );
     let mut g = c.benchmark_group(format!("cpu/kfac/f32/n{n}"));
-    g.measurement_time(Duration::from_secs(6)).sample_size(10);
+    g.measurement_time(Duration::from_secs(20)).sample_size(10);
     g.bench_function("grad", |b| {
         b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
     });
-    for adaptive in [false, true] {
+    for (mode, adaptive, model_batch) in [
+        ("fixed", false, None),
+        ("adaptive", true, None),
+        ("adaptive-model250", true, Some(250)),
+    ] {
         let config = KfacConfig {
             batch_size: n,
             stats_batch: 250,
+            model_batch,
             inverse_every: 20,
             adaptive,
             l2: 1e-4,
             ..KfacConfig::default()
         };
-        let mode = if adaptive { "adaptive" } else { "fixed" };
-        for count in [20u64, 40] {
+        for count in [20u64, 80] {
             g.bench_function(format!("{mode}/steps{count}"), |b| {
                 b.iter(|| {
                     let out = run_solver(

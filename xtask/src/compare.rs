@@ -176,6 +176,10 @@ pub struct CompareArgs {
     /// Rows of each K-FAC batch its factors' statistics use.
     #[arg(long, default_value_t = 250)]
     pub kfac_stats_batch: usize,
+    /// Rows of each K-FAC batch the adaptive quadratic model's Gauss-Newton
+    /// products use (default: the whole batch).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kfac_model_batch: Option<u64>,
     /// Gradients of K-FAC's G factors: mc (Monte-Carlo Fisher), mc:S,
     /// empirical, exact.
     #[arg(long, default_value = "mc")]
@@ -328,6 +332,7 @@ impl CompareArgs {
             kfac: KfacConfig {
                 batch_size: self.kfac_batch,
                 stats_batch: self.kfac_stats_batch,
+                model_batch: self.kfac_model_batch.map(|n| n as usize),
                 targets: self.kfac_targets.clone(),
                 damping: self.kfac_damping,
                 inverse_every: self.kfac_inverse_every,

@@ -94,8 +94,13 @@ fn run(obj: &Arc<MlpObjective>, c: &KfacConfig, opts: RunOptions) -> R<RunOutput
 #[test]
 fn kfac_trains_a_small_mlp_adaptive_and_fixed() -> R<()> {
     let obj = classification()?;
+    let mut samples = Vec::new();
     for c in [
         config(),
+        KfacConfig {
+            model_batch: Some(15),
+            ..config()
+        },
         KfacConfig {
             adaptive: false,
             learning_rate: 0.1,
@@ -109,8 +114,9 @@ fn kfac_trains_a_small_mlp_adaptive_and_fixed() -> R<()> {
         let (first, last) = (out.trace[0].objective, out.trace.last().unwrap().objective);
         assert!(
             last < 0.5 * first,
-            "adaptive {}: objective {first} -> {last}",
-            c.adaptive
+            "adaptive {} model_batch {:?}: objective {first} -> {last}",
+            c.adaptive,
+            c.model_batch
         );
         // Adaptive K-FAC takes two Gauss-Newton products per step (the
         // first step one), the fixed form none.
@@ -121,7 +127,16 @@ fn kfac_trains_a_small_mlp_adaptive_and_fixed() -> R<()> {
             assert_eq!(products, 0, "fixed K-FAC takes no products");
         }
         assert_eq!(out.counts.grad_evals, 40, "one batch gradient per step");
+        samples.push(out.counts.samples);
     }
+    // The quadratic model on 15 of each batch's 60 rows: 45 rows fewer for
+    // each step's forward pass at which the products linearise (40) and
+    // for each of the 79 products.
+    assert_eq!(
+        samples[0] - samples[1],
+        45 * (40 + 79),
+        "samples {samples:?}"
+    );
     Ok(())
 }
 
@@ -214,6 +229,13 @@ fn kfac_refuses_settings_out_of_range_naming_them() {
                 ..config()
             },
             "stats_batch",
+        ),
+        (
+            KfacConfig {
+                model_batch: Some(0),
+                ..config()
+            },
+            "model_batch",
         ),
         (
             KfacConfig {

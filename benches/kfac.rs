@@ -3,13 +3,14 @@
 //! with fixed learning rate and momentum, at most 3 adaptive), with the
 //! factors' statistics on a 250-row sub-batch and the eigendecompositions
 //! amortised over T = 20 steps; adaptive also with its quadratic model's
-//! two Gauss-Newton products on the same 250 rows (`model_batch`).
+//! two Gauss-Newton products on the same 250 rows (`model_batch`), and both
+//! with the factors updated every 5th step (`stats_every`).
 //!
 //! A step is timed as the difference of whole runs of 80 and 20 steps
 //! divided by 60, so that the runner's start-up and the trace's two
 //! evaluations cancel (over a difference of only 20 steps the per-step
 //! figure varied by ±25% between runs). Benchmark ids: `cpu/kfac/f32/n1000/grad` and
-//! `cpu/kfac/f32/n1000/{fixed,adaptive,adaptive-model250}/steps{20,80}`.
+//! `cpu/kfac/f32/n1000/{fixed,adaptive,adaptive-model250,fixed-stats5,adaptive-model250-stats5}/steps{20,80}`.
 
 mod common;
 
@@ -56,15 +57,18 @@ fn kfac(c: &mut Criterion) {
     g.bench_function("grad", |b| {
         b.iter(|| black_box(obj.loss_and_grad(&w).expect("grad")))
     });
-    for (mode, adaptive, model_batch) in [
-        ("fixed", false, None),
-        ("adaptive", true, None),
-        ("adaptive-model250", true, Some(250)),
+    for (mode, adaptive, model_batch, stats_every) in [
+        ("fixed", false, None, 1),
+        ("adaptive", true, None, 1),
+        ("adaptive-model250", true, Some(250), 1),
+        ("fixed-stats5", false, None, 5),
+        ("adaptive-model250-stats5", true, Some(250), 5),
     ] {
         let config = KfacConfig {
             batch_size: n,
             stats_batch: 250,
             model_batch,
+            stats_every,
             inverse_every: 20,
             adaptive,
             l2: 1e-4,

@@ -180,6 +180,9 @@ pub struct CompareArgs {
     /// products use (default: the whole batch).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub kfac_model_batch: Option<u64>,
+    /// K-FAC steps between updates of the factors' moving averages.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kfac_stats_every: u64,
     /// Gradients of K-FAC's G factors: mc (Monte-Carlo Fisher), mc:S,
     /// empirical, exact.
     #[arg(long, default_value = "mc")]
@@ -333,6 +336,7 @@ impl CompareArgs {
                 batch_size: self.kfac_batch,
                 stats_batch: self.kfac_stats_batch,
                 model_batch: self.kfac_model_batch.map(|n| n as usize),
+                stats_every: self.kfac_stats_every,
                 targets: self.kfac_targets.clone(),
                 damping: self.kfac_damping,
                 inverse_every: self.kfac_inverse_every,

@@ -562,7 +562,7 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
 #[test]
 fn the_command_line_plans_kfac_and_its_preconditioner() -> R<()> {
     let planned = plan(
-        "kfac,kfac@adaptive=false;lr=0.05;momentum=0.8;targets=empirical;batch=200;stats_batch=50;model_batch=100;inverse_every=10;damping=3;trace_every=2,hf@preconditioner=kfac,newton-cg@preconditioner=kfac:exact,hf@preconditioner=none",
+        "kfac,kfac@adaptive=false;lr=0.05;momentum=0.8;targets=empirical;batch=200;stats_batch=50;model_batch=100;stats_every=2;inverse_every=10;damping=3;trace_every=2,hf@preconditioner=kfac,newton-cg@preconditioner=kfac:exact,hf@preconditioner=none",
         &run_defaults(None, 1.0),
     )?;
     let Method::Kfac(k0) = &planned[0].method else {
@@ -592,6 +592,7 @@ fn the_command_line_plans_kfac_and_its_preconditioner() -> R<()> {
             batch_size: 200,
             stats_batch: 50,
             model_batch: Some(100),
+            stats_every: 2,
             inverse_every: 10,
             damping: 3.0,
             l2: 1e-4,

@@ -68,6 +68,13 @@ pub struct KfacConfig {
     pub factor_decay: f64,
     /// Iterations between eigendecompositions of the factors.
     pub inverse_every: u64,
+    /// Iterations between updates of the factors' moving averages (1: every
+    /// step, the paper's choice; kfac-jax's `curvature_update_period`).
+    /// Each update costs about as much as a gradient on `stats_batch` rows
+    /// plus the `A` factors' products, so this trades fresh statistics for
+    /// a cheaper step.
+    #[serde(default = "every_step", skip_serializing_if = "is_every_step")]
+    pub stats_every: u64,
     /// The initial damping `λ`; finite and positive.
     pub damping: f64,
     /// The L2 penalty `η` of the objective, added to the factored damping
@@ -86,6 +93,14 @@ pub struct KfacConfig {
     pub seed: u64,
 }
 
+fn every_step() -> u64 {
+    1
+}
+
+fn is_every_step(n: &u64) -> bool {
+    *n == 1
+}
+
 impl Default for KfacConfig {
     /// The paper's choices where they carry over (ε ≤ 0.95, T₃ = 20,
     /// T₁ = 5, ω₁ = (19/20)^T₁), an initial λ of 1, batches of 1000 with
@@ -98,6 +113,7 @@ impl Default for KfacConfig {
             targets: "mc".into(),
             factor_decay: 0.95,
             inverse_every: 20,
+            stats_every: 1,
             damping: 1.0,
             l2: 0.0,
             adaptive: true,
@@ -128,8 +144,8 @@ impl KfacConfig {
                 self.factor_decay
             ));
         }
-        if self.inverse_every == 0 || self.damping_every == 0 {
-            return bad("inverse_every and damping_every must be at least 1".into());
+        if self.inverse_every == 0 || self.damping_every == 0 || self.stats_every == 0 {
+            return bad("inverse_every, damping_every and stats_every must be at least 1".into());
         }
         if !(self.damping.is_finite() && self.damping > 0.0) {
             return bad(format!(
@@ -213,9 +229,12 @@ impl Kfac {
         self.sampler.as_ref().map(|s| s.state())
     }
 
-    /// Steps 1 and 2: the factors on the batch's first rows, averaged, and
-    /// their decomposition when it is due.
+    /// Steps 1 and 2: the factors on the batch's first rows, averaged (every
+    /// `stats_every` steps), and their decomposition when it is due.
     fn update_factors(&mut self, prob: &HfProblem, w: &Tensor, batch: &[usize]) -> Result<()> {
+        if self.factors.is_some() && !self.steps.is_multiple_of(self.config.stats_every) {
+            return self.refresh_decomposition();
+        }
         let rows = &batch[..self.config.stats_batch.min(batch.len())];
         prob.counters().touch(rows.len());
         let new = prob.objective().subsample(rows)?.kronecker_factors(
@@ -230,6 +249,11 @@ impl Kfac {
                 avg.blend(&new, decay)?;
             }
         }
+        self.refresh_decomposition()
+    }
+
+    /// Takes the averages the inverse is made from when it is due.
+    fn refresh_decomposition(&mut self) -> Result<()> {
         if self.steps.is_multiple_of(self.config.inverse_every) || self.decomposed.is_none() {
             self.decomposed = self.factors.clone();
             self.inverse = None;

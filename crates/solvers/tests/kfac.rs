@@ -102,6 +102,10 @@ fn kfac_trains_a_small_mlp_adaptive_and_fixed() -> R<()> {
             ..config()
         },
         KfacConfig {
+            stats_every: 3,
+            ..config()
+        },
+        KfacConfig {
             adaptive: false,
             learning_rate: 0.1,
             momentum: 0.5,
@@ -137,13 +141,34 @@ fn kfac_trains_a_small_mlp_adaptive_and_fixed() -> R<()> {
         45 * (40 + 79),
         "samples {samples:?}"
     );
+    // Factors at steps 0, 3, ..., 39 (14 of 40) on 30 rows each.
+    assert_eq!(
+        samples[0] - samples[2],
+        30 * (40 - 14),
+        "samples {samples:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn kfac_stopped_by_a_budget_resumes_bit_for_bit() -> R<()> {
     let obj = classification()?;
-    let c = config();
+    // Factors every step, and every 4th (so that the stop at step 6 falls
+    // between two updates).
+    for c in [
+        config(),
+        KfacConfig {
+            stats_every: 4,
+            ..config()
+        },
+    ] {
+        resumes_bit_for_bit(&obj, c)?;
+    }
+    Ok(())
+}
+
+fn resumes_bit_for_bit(obj: &Arc<MlpObjective>, c: KfacConfig) -> R<()> {
+    let obj = obj.clone();
     let full = run(&obj, &c, steps(15))?;
     let (ck, saved) = collecting(3);
     let stopped = run(
@@ -229,6 +254,13 @@ fn kfac_refuses_settings_out_of_range_naming_them() {
                 ..config()
             },
             "stats_batch",
+        ),
+        (
+            KfacConfig {
+                stats_every: 0,
+                ..config()
+            },
+            "stats_every",
         ),
         (
             KfacConfig {

@@ -137,13 +137,14 @@ pub struct PlannedRun {
 /// `lr` sets SGD's, Adam's or K-FAC's learning rate, whichever the run is
 /// (K-FAC's only matters with `adaptive=false`); `damping` Newton-CG's, hf's
 /// or K-FAC's initial damping; `momentum`, `adaptive`, `targets`,
-/// `inverse_every`, `batch`, `stats_batch` and `model_batch` are K-FAC's; `preconditioner`
+/// `inverse_every`, `stats_every`, `batch`, `stats_batch` and `model_batch`
+/// are K-FAC's; `preconditioner`
 /// (`none`, `diag`, `kfac` or `kfac:TARGETS`) is Newton-CG's and hf's;
 /// `trace_every` sets the run's trace interval (a K-FAC step costs many
 /// SGD steps, so it wants a shorter one than `--sgd-eval-every`).
 const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, hessian_fraction, lr, damping, \
      curvature_batch, hessian_batch, max_time, checkpoint_every, momentum, adaptive, targets, \
-     inverse_every, batch, stats_batch, model_batch, preconditioner, trace_every";
+     inverse_every, stats_every, batch, stats_batch, model_batch, preconditioner, trace_every";
 
 /// The runs of a comma-separated `optimizers` list.
 pub fn plan(optimizers: &str, defaults: &RunDefaults) -> Result<Vec<PlannedRun>> {
@@ -316,7 +317,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                         .with_context(|| format!("override `{kv}`: expected a positive integer"))?,
                 );
             }
-            "inverse_every" | "batch" | "stats_batch" | "model_batch" => {
+            "inverse_every" | "stats_every" | "batch" | "stats_batch" | "model_batch" => {
                 let n: usize = value
                     .parse()
                     .ok()
@@ -324,6 +325,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
                 match key {
                     "inverse_every" => kfac.inverse_every = n as u64,
+                    "stats_every" => kfac.stats_every = n as u64,
                     "batch" => kfac.batch_size = n,
                     "model_batch" => kfac.model_batch = Some(n),
                     _ => kfac.stats_batch = n,

@@ -15,15 +15,26 @@ use crate::softmax::SoftmaxObjective;
 
 /// Copies a 2-D tensor into a faer matrix (f64).
 pub fn tensor_to_mat(t: &Tensor) -> Result<Mat<f64>> {
+    tensor_to_mat_scaled(t, 1.0)
+}
+
+/// `scale · t` as a faer matrix (f64), in one pass over the tensor's own
+/// precision: a separate f64 copy, or a separate scaling pass, of a 785²
+/// K-FAC factor costs more in memory traffic than the conversion itself.
+pub fn tensor_to_mat_scaled(t: &Tensor, scale: f64) -> Result<Mat<f64>> {
     let (r, c) = t.dims2()?;
-    // Read the tensor's own precision: converting a 785² factor to an f64
-    // tensor first costs a fresh allocation (and its page faults) per step.
-    if t.dtype() == DType::F32 {
-        let flat = t.flatten_all()?.to_vec1::<f32>()?;
-        return Ok(Mat::from_fn(r, c, |i, j| f64::from(flat[i * c + j])));
-    }
-    let flat = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    Ok(Mat::from_fn(r, c, |i, j| flat[i * c + j]))
+    let flat: Vec<f64> = if t.dtype() == DType::F32 {
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        v.into_iter().map(|x| scale * f64::from(x)).collect()
+    } else {
+        let mut v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        if scale != 1.0 {
+            v.iter_mut().for_each(|x| *x *= scale);
+        }
+        v
+    };
+    // faer's own row-major-to-column-major copy, blocked for the cache.
+    Ok(faer::MatRef::from_row_major_slice(&flat, r, c).to_owned())
 }
 
 /// The data term's Hessian of softmax regression at `w`, assembled in

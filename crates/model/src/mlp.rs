@@ -51,6 +51,19 @@ pub struct MlpObjective {
 }
 
 /// One chunk's forward pass (see [`ChunkCache`] for the fields).
+/// How many of the activations' derivatives a forward pass keeps: each
+/// costs elementwise passes over every hidden unit of every row, so a pass
+/// keeps only what its caller uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Order {
+    /// None: a loss.
+    Zeroth,
+    /// `σ'`: gradients, Gauss-Newton products, K-FAC's factors.
+    First,
+    /// `σ'` and `σ''`: exact Hessian products.
+    Second,
+}
+
 struct Forward {
     inputs: Vec<Tensor>,
     sparse_x: Option<Arc<CsrU8>>,
@@ -65,14 +78,17 @@ struct ChunkCache {
     inputs: Vec<Tensor>,
     /// `x` as compressed rows, if the objective holds them.
     sparse_x: Option<Arc<CsrU8>>,
-    /// `σ'(z_l)` and `σ''(z_l)` for the hidden layers.
+    /// `σ'(z_l)` for the hidden layers.
     d1: Vec<Tensor>,
+    /// `σ''(z_l)` for the hidden layers; empty unless for the Hessian.
     d2: Vec<Tensor>,
     /// The outputs `z_{L-1}`, where the loss's curvature is taken.
     z_out: Tensor,
-    /// `δ_l` for every layer (already divided by n).
+    /// `δ_l` for every layer (already divided by n); empty for a
+    /// Gauss-Newton operator, which needs no backward pass.
     deltas: Vec<Tensor>,
-    /// `e_l = δ_l W_lᵀ` for `l ≥ 1`, stored at index `l`.
+    /// `e_l = δ_l W_lᵀ` for `l ≥ 1`, stored at index `l`; empty unless for
+    /// the Hessian.
     e: Vec<Option<Tensor>>,
 }
 
@@ -150,7 +166,7 @@ impl MlpObjective {
         let mut acc = None;
         // One chunk's activations at a time: nothing here is kept for later.
         for chunk in 0..self.data.chunks().len() {
-            let (_, c) = self.forward_backward(&layers, chunk)?;
+            let (_, c) = self.forward_backward(&layers, chunk, Order::First)?;
             let squares = (0..c.deltas.len())
                 .map(|l| {
                     let d2 = c.deltas[l].sqr()?;
@@ -168,8 +184,13 @@ impl MlpObjective {
     }
 
     /// The forward pass over one chunk: each layer's input, the
-    /// activations' derivatives and the outputs.
-    fn forward(&self, layers: &[(Tensor, Option<Tensor>)], chunk: usize) -> Result<Forward> {
+    /// activations' derivatives up to `order` and the outputs.
+    fn forward(
+        &self,
+        layers: &[(Tensor, Option<Tensor>)],
+        chunk: usize,
+        order: Order,
+    ) -> Result<Forward> {
         let (x, _) = &self.data.chunks()[chunk];
         let sparse_x = self.sparse.as_ref().map(|s| s[chunk].clone());
         let last = layers.len() - 1;
@@ -186,9 +207,13 @@ impl MlpObjective {
             } else {
                 let act = self.activations[l];
                 let a = act.forward(&z)?;
-                let (s1, s2) = act.derivatives(&z, &a)?;
-                d1.push(s1);
-                d2.push(s2);
+                if order >= Order::First {
+                    let s1 = act.derivative(&z, &a)?;
+                    if order >= Order::Second {
+                        d2.push(act.second_derivative(&z, &a, &s1)?);
+                    }
+                    d1.push(s1);
+                }
                 inputs.push(a);
             }
         }
@@ -202,11 +227,14 @@ impl MlpObjective {
         })
     }
 
-    /// Forward and backward pass over one chunk: the summed loss and the caches.
+    /// Forward and backward pass over one chunk: the summed loss and the
+    /// caches, with the activations' derivatives up to `order` (at least
+    /// [`Order::First`], which the backward pass needs).
     fn forward_backward(
         &self,
         layers: &[(Tensor, Option<Tensor>)],
         chunk: usize,
+        order: Order,
     ) -> Result<(f64, ChunkCache)> {
         let (_, y) = &self.data.chunks()[chunk];
         let Forward {
@@ -215,7 +243,8 @@ impl MlpObjective {
             d1,
             d2,
             z_out,
-        } = self.forward(layers, chunk)?;
+        } = self.forward(layers, chunk, order.max(Order::First))?;
+        let keep_e = order >= Order::Second;
         let (loss, grad_out) = self.loss.value_and_output_gradient(&z_out, y)?;
         let n = self.data.rows() as f64;
         let mut deltas = vec![None; layers.len()];
@@ -225,7 +254,9 @@ impl MlpObjective {
             if l > 0 {
                 let el = delta.matmul(&layers[l].0.t()?)?;
                 let prev = (&el * &d1[l - 1])?;
-                e[l] = Some(el);
+                if keep_e {
+                    e[l] = Some(el);
+                }
                 deltas[l] = Some(std::mem::replace(&mut delta, prev));
             } else {
                 deltas[l] = Some(delta.clone());
@@ -249,16 +280,30 @@ impl MlpObjective {
         ))
     }
 
-    fn caches(&self, w: &Tensor) -> Result<(f64, Vec<ChunkCache>)> {
+    /// What a curvature operator of `kind` keeps of each chunk: the
+    /// Gauss-Newton matrix needs only the forward pass and `σ'`; the
+    /// Hessian also the backward pass, `e_l` and `σ''`.
+    fn caches(&self, w: &Tensor, kind: CurvatureKind) -> Result<Vec<ChunkCache>> {
         let layers = self.model.layers(w)?;
-        let mut total = 0.0;
-        let mut caches = Vec::with_capacity(self.data.chunks().len());
-        for chunk in 0..self.data.chunks().len() {
-            let (loss, cache) = self.forward_backward(&layers, chunk)?;
-            total += loss;
-            caches.push(cache);
-        }
-        Ok((total, caches))
+        (0..self.data.chunks().len())
+            .map(|chunk| match kind {
+                CurvatureKind::Hessian => {
+                    Ok(self.forward_backward(&layers, chunk, Order::Second)?.1)
+                }
+                CurvatureKind::GaussNewton => {
+                    let f = self.forward(&layers, chunk, Order::First)?;
+                    Ok(ChunkCache {
+                        inputs: f.inputs,
+                        sparse_x: f.sparse_x,
+                        d1: f.d1,
+                        d2: f.d2,
+                        z_out: f.z_out,
+                        deltas: Vec::new(),
+                        e: Vec::new(),
+                    })
+                }
+            })
+            .collect()
     }
 }
 
@@ -445,8 +490,11 @@ impl Objective for MlpObjective {
             }
             Some(_) => {
                 let layers = self.model.layers(w)?;
-                for chunk in 0..self.data.chunks().len() {
-                    total += self.forward_backward(&layers, chunk)?.0;
+                // The forward pass alone; the loss as the gradient's pass
+                // computes it, so both agree to the bit.
+                for (chunk, (_, y)) in self.data.chunks().iter().enumerate() {
+                    let f = self.forward(&layers, chunk, Order::Zeroth)?;
+                    total += self.loss.value_and_output_gradient(&f.z_out, y)?.0;
                 }
             }
         }
@@ -458,7 +506,7 @@ impl Objective for MlpObjective {
         let mut total = 0.0;
         let mut acc = None;
         for chunk in 0..self.data.chunks().len() {
-            let (loss, c) = self.forward_backward(&layers, chunk)?;
+            let (loss, c) = self.forward_backward(&layers, chunk, Order::First)?;
             total += loss;
             let grads = (0..layers.len())
                 .map(|l| Ok((c.input_t_matmul(l, &c.deltas[l])?, c.deltas[l].sum(0)?)))
@@ -475,7 +523,7 @@ impl Objective for MlpObjective {
 
     fn curvature(&self, w: &Tensor, kind: CurvatureKind) -> Result<Arc<dyn LinOp>> {
         let layers = self.model.layers(w)?;
-        let (_, caches) = self.caches(w)?;
+        let caches = self.caches(w, kind)?;
         Ok(Arc::new(MlpCurvature {
             layout: self.layout().clone(),
             layers,
@@ -514,65 +562,18 @@ impl Objective for MlpObjective {
         rng: &mut ChaCha8Rng,
     ) -> Result<KroneckerFactors> {
         let layers = self.model.layers(w)?;
-        let nl = layers.len();
-        let mut a_sum: Vec<Option<Tensor>> = vec![None; nl];
-        let mut g_sum: Vec<Option<Tensor>> = vec![None; nl];
-        let add = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
-            *acc = Some(match acc.take() {
-                None => t,
-                Some(old) => (old + t)?,
-            });
-            Ok(())
-        };
-        for chunk in 0..self.data.chunks().len() {
-            let f = self.forward(&layers, chunk)?;
-            let (_, y) = &self.data.chunks()[chunk];
-            for (l, a) in f.inputs.iter().enumerate() {
-                let ones = Tensor::ones((a.dim(0)?, 1), a.dtype(), a.device())?;
-                let abar = Tensor::cat(&[a, &ones], 1)?;
-                add(&mut a_sum[l], abar.t()?.matmul(&abar)?)?;
-            }
-            let (outputs, weight) = match targets {
-                FisherTargets::MonteCarlo { samples } => (
-                    (0..samples.max(1))
-                        .map(|_| self.loss.sampled_output_gradient(&f.z_out, rng))
-                        .collect::<Result<Vec<_>>>()?,
-                    1.0 / samples.max(1) as f64,
-                ),
-                FisherTargets::Empirical => (
-                    vec![self.loss.value_and_output_gradient(&f.z_out, y)?.1],
-                    1.0,
-                ),
-                FisherTargets::Exact => (self.loss.output_curvature_factor(&f.z_out)?, 1.0),
-            };
-            for mut g in outputs {
-                for l in (0..nl).rev() {
-                    add(&mut g_sum[l], g.t()?.matmul(&g)?.affine(weight, 0.0)?)?;
-                    if l > 0 {
-                        g = (g.matmul(&layers[l].0.t()?)? * &f.d1[l - 1])?;
-                    }
-                }
-            }
+        let mut sums = FactorSums::new(layers.len());
+        for (chunk, (_, y)) in self.data.chunks().iter().enumerate() {
+            let f = self.forward(&layers, chunk, Order::First)?;
+            sums.add(
+                self.loss.as_ref(),
+                &layers,
+                (&f.inputs, &f.d1, &f.z_out, y),
+                targets,
+                rng,
+            )?;
         }
-        let n = self.data.rows() as f64;
-        let mean = |t: Option<Tensor>| -> Result<faer::Mat<f64>> {
-            let t = t.ok_or_else(|| ModelError::Batch("empty batch".into()))?;
-            let mut m = crate::dense::tensor_to_mat(&t)?;
-            m *= faer::Scale(1.0 / n);
-            Ok(m)
-        };
-        Ok(KroneckerFactors {
-            layers: a_sum
-                .into_iter()
-                .zip(g_sum)
-                .map(|(a, g)| {
-                    Ok(LayerFactors {
-                        a: mean(a)?,
-                        g: mean(g)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        })
+        sums.finish()
     }
 
     fn subsample(&self, indices: &[usize]) -> Result<Arc<dyn Objective>> {
@@ -590,6 +591,97 @@ impl Objective for MlpObjective {
             storage: self.storage,
             loss: self.loss.clone(),
         }))
+    }
+}
+
+/// K-FAC's sums `Σ ā āᵀ` and `Σ g gᵀ` per layer over the rows seen so far.
+struct FactorSums {
+    a: Vec<Option<Tensor>>,
+    g: Vec<Option<Tensor>>,
+    rows: usize,
+}
+
+impl FactorSums {
+    fn new(layers: usize) -> Self {
+        Self {
+            a: vec![None; layers],
+            g: vec![None; layers],
+            rows: 0,
+        }
+    }
+
+    /// Adds rows whose forward pass gave each layer's `inputs`, the hidden
+    /// layers' `σ'` (`d1`) and the outputs `z`, with targets `y`.
+    fn add(
+        &mut self,
+        loss: &dyn Loss,
+        layers: &[(Tensor, Option<Tensor>)],
+        (inputs, d1, z, y): (&[Tensor], &[Tensor], &Tensor, &Tensor),
+        targets: FisherTargets,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
+        let add = |acc: &mut Option<Tensor>, t: Tensor| -> Result<()> {
+            *acc = Some(match acc.take() {
+                None => t,
+                Some(old) => (old + t)?,
+            });
+            Ok(())
+        };
+        for (l, a) in inputs.iter().enumerate() {
+            let ones = Tensor::ones((a.dim(0)?, 1), a.dtype(), a.device())?;
+            let abar = Tensor::cat(&[a, &ones], 1)?;
+            add(&mut self.a[l], abar.t()?.matmul(&abar)?)?;
+        }
+        let (outputs, weight) = match targets {
+            FisherTargets::MonteCarlo { samples } => (
+                (0..samples.max(1))
+                    .map(|_| loss.sampled_output_gradient(z, rng))
+                    .collect::<Result<Vec<_>>>()?,
+                1.0 / samples.max(1) as f64,
+            ),
+            FisherTargets::Empirical => (vec![loss.value_and_output_gradient(z, y)?.1], 1.0),
+            FisherTargets::Exact => (loss.output_curvature_factor(z)?, 1.0),
+        };
+        for mut g in outputs {
+            for l in (0..layers.len()).rev() {
+                let gg = g.t()?.matmul(&g)?;
+                add(
+                    &mut self.g[l],
+                    if weight == 1.0 {
+                        gg
+                    } else {
+                        gg.affine(weight, 0.0)?
+                    },
+                )?;
+                if l > 0 {
+                    g = (g.matmul(&layers[l].0.t()?)? * &d1[l - 1])?;
+                }
+            }
+        }
+        self.rows += z.dim(0)?;
+        Ok(())
+    }
+
+    /// The means: the factors.
+    fn finish(self) -> Result<KroneckerFactors> {
+        let n = self.rows as f64;
+        let mean = |t: Option<Tensor>| -> Result<faer::Mat<f64>> {
+            let t = t.ok_or_else(|| ModelError::Batch("empty batch".into()))?;
+            crate::dense::tensor_to_mat_scaled(&t, 1.0 / n)
+        };
+        Ok(KroneckerFactors {
+            layers: self
+                .a
+                .into_iter()
+                .zip(self.g)
+                .map(|(a, g)| {
+                    Ok(LayerFactors {
+                        a: mean(a)?,
+                        g: mean(g)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        })
     }
 }
 

@@ -46,32 +46,30 @@ impl Activation {
         })
     }
 
-    /// σ'(z) and σ''(z), given z and a = σ(z).
-    pub fn derivatives(self, z: &Tensor, a: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// σ'(z), given z and a = σ(z): all that gradients, Gauss-Newton
+    /// products and K-FAC's factors need.
+    pub fn derivative(self, z: &Tensor, a: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Tanh => {
-                let d1 = (1.0 - a.sqr()?)?;
-                let d2 = (a * &d1)?.affine(-2.0, 0.0)?;
-                (d1, d2)
-            }
-            Activation::Relu => {
-                // The kink at 0 gets derivative 0, as in most frameworks.
-                let d1 = z.gt(0.0)?.to_dtype(z.dtype())?;
-                let d2 = z.zeros_like()?;
-                (d1, d2)
-            }
-            Activation::Softplus => {
-                let s = sigmoid(z)?;
-                let d2 = (&s * (1.0 - &s)?)?;
-                (s, d2)
-            }
-            Activation::Logistic => {
-                // σ' = σ(1 − σ), σ'' = σ'(1 − 2σ), both from a = σ(z).
-                let d1 = (a * (1.0 - a)?)?;
-                let d2 = (&d1 * a.affine(-2.0, 1.0)?)?;
-                (d1, d2)
-            }
-            Activation::Linear => (z.ones_like()?, z.zeros_like()?),
+            Activation::Tanh => (1.0 - a.sqr()?)?,
+            // The kink at 0 gets derivative 0, as in most frameworks.
+            Activation::Relu => z.gt(0.0)?.to_dtype(z.dtype())?,
+            Activation::Softplus => sigmoid(z)?,
+            // σ' = σ(1 − σ), from a = σ(z).
+            Activation::Logistic => (a * (1.0 - a)?)?,
+            Activation::Linear => z.ones_like()?,
+        })
+    }
+
+    /// σ''(z), given z, a = σ(z) and d1 = σ'(z): only the exact Hessian
+    /// needs it, so passes for anything else skip it.
+    pub fn second_derivative(self, z: &Tensor, a: &Tensor, d1: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Tanh => (a * d1)?.affine(-2.0, 0.0)?,
+            Activation::Relu | Activation::Linear => z.zeros_like()?,
+            // d1 is σ(z) here: σ'' of softplus is σ(1 − σ).
+            Activation::Softplus => (d1 * (1.0 - d1)?)?,
+            // σ'' = σ'(1 − 2σ).
+            Activation::Logistic => (d1 * a.affine(-2.0, 1.0)?)?,
         })
     }
 }

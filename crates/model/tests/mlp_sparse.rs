@@ -81,6 +81,9 @@ fn csr_first_layer_matches_dense() -> R<()> {
             let (ls, gs) = csr.loss_and_grad(&w)?;
             assert!(((ls - ld) / ld).abs() < eps, "{what}: loss {ls} vs {ld}");
             assert!(((csr.loss(&w)? - ld) / ld).abs() < eps, "{what}: loss()");
+            // The loss-only pass (no backward) and the gradient's pass agree
+            // to the bit, so line searches and the trace see one function.
+            assert_eq!(csr.loss(&w)?.to_bits(), ls.to_bits(), "{what}: loss() bits");
             assert!(
                 rel(&gs, &gd)? < eps,
                 "{what}: gradient {:e}",

@@ -22,7 +22,9 @@
 //! non-finite update is not taken: the damping rises and the iteration
 //! keeps its point.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use argmin::core::{KV, Problem, Solver, State};
 use argmin::kv;
@@ -176,6 +178,53 @@ impl KfacConfig {
     }
 }
 
+/// Where this process's K-FAC steps spent their time, in seconds (a
+/// resumed run counts from its resume; timings are not state). Reported as
+/// the run's extras, so that one run's own interleaved steps give the cost
+/// of a step in gradients, free of the drift between separate timings.
+#[derive(Clone, Debug, Default)]
+struct PhaseSeconds {
+    steps: u64,
+    /// The mini-batch loss and gradient.
+    gradient: f64,
+    /// The factors' statistics and moving averages.
+    factors: f64,
+    /// Rebuilding the damped inverse.
+    inverse: f64,
+    /// `Δ = −F̂⁻¹g` and the update from it.
+    direction: f64,
+    /// Adaptive: the quadratic model's Gauss-Newton products.
+    model: f64,
+    /// Adaptive: the loss after the step, for `ρ`.
+    damping: f64,
+}
+
+impl PhaseSeconds {
+    /// The names, as the run's extras and the reports know them.
+    fn extras(&self) -> BTreeMap<String, f64> {
+        [
+            ("timed_steps", self.steps as f64),
+            ("gradient_seconds", self.gradient),
+            ("factor_seconds", self.factors),
+            ("inverse_seconds", self.inverse),
+            ("direction_seconds", self.direction),
+            ("model_seconds", self.model),
+            ("damping_seconds", self.damping),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Seconds since `t`, and `t` reset to now.
+fn lap(t: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let s = (now - *t).as_secs_f64();
+    *t = now;
+    s
+}
+
 /// K-FAC as an argmin solver over an [`HfProblem`], one mini-batch per
 /// iteration.
 pub struct Kfac {
@@ -196,6 +245,7 @@ pub struct Kfac {
     previous: Option<Tensor>,
     damping: f64,
     steps: u64,
+    seconds: PhaseSeconds,
 }
 
 impl Kfac {
@@ -212,6 +262,7 @@ impl Kfac {
             inverse: None,
             previous: None,
             steps: 0,
+            seconds: PhaseSeconds::default(),
         })
     }
 
@@ -286,7 +337,9 @@ impl Kfac {
         g: &Tensor,
         batch: &[usize],
     ) -> Result<(Tensor, Option<f64>)> {
+        let mut t = Instant::now();
         let inverse = self.damped_inverse(g)?;
+        self.seconds.inverse += lap(&mut t);
         let delta = inverse.apply(g)?.affine(-1.0, 0.0)?;
         if !self.config.adaptive {
             let step = match &self.previous {
@@ -297,8 +350,10 @@ impl Kfac {
                 )?,
                 None => delta.affine(self.config.learning_rate, 0.0)?,
             };
+            self.seconds.direction += lap(&mut t);
             return Ok((step, None));
         }
+        self.seconds.direction += lap(&mut t);
         let c = prob
             .rows(
                 &batch[..self
@@ -328,7 +383,7 @@ impl Kfac {
             }
             None => None,
         };
-        Ok(match (solved, &self.previous) {
+        let out = match (solved, &self.previous) {
             (Some((alpha, mu, m)), Some(d0)) => {
                 (vec::axpy(&delta.affine(alpha, 0.0)?, mu, d0)?, Some(m))
             }
@@ -337,7 +392,9 @@ impl Kfac {
                 let alpha = -b1 / a11;
                 (delta.affine(alpha, 0.0)?, Some(0.5 * b1 * alpha))
             }
-        })
+        };
+        self.seconds.model += lap(&mut t);
+        Ok(out)
     }
 }
 
@@ -377,7 +434,9 @@ impl Solver<HfProblem, HfState> for Kfac {
             .ok_or_else(|| SolverError::Argmin("K-FAC was not initialised".into()))?
             .next_batch();
         let step_no = self.steps + 1;
+        let mut t = Instant::now();
         let (loss, g) = prob.minibatch_loss_and_grad(&w, &batch)?;
+        self.seconds.gradient += lap(&mut t);
         if !loss.is_finite() || !vec::all_finite(&g)? {
             return Err(SolverError::Diverged(format!(
                 "the mini-batch loss or gradient became non-finite (loss {loss}) at K-FAC step \
@@ -387,7 +446,9 @@ impl Solver<HfProblem, HfState> for Kfac {
             .into());
         }
         self.update_factors(prob, &w, &batch)?;
+        self.seconds.factors += lap(&mut t);
         let (delta, predicted) = self.update(prob, &w, &g, &batch)?;
+        let mut t = Instant::now();
         let mut rho = None;
         let mut taken = vec::all_finite(&delta)?;
         let mut w_new = if taken {
@@ -418,6 +479,8 @@ impl Solver<HfProblem, HfState> for Kfac {
         }
         self.previous = taken.then_some(delta);
         self.steps = step_no;
+        self.seconds.damping += lap(&mut t);
+        self.seconds.steps += 1;
         let mut kv = kv!("damping" => self.damping;);
         if let Some(r) = rho {
             kv = kv.merge(kv!("rho" => r;));
@@ -577,7 +640,9 @@ impl Resumable<HfState> for Kfac {
         Ok(state)
     }
 
-    fn extras(&self) -> std::collections::BTreeMap<String, f64> {
-        [("final_damping".to_string(), self.damping)].into()
+    fn extras(&self) -> BTreeMap<String, f64> {
+        let mut out = self.seconds.extras();
+        out.insert("final_damping".to_string(), self.damping);
+        out
     }
 }

@@ -694,6 +694,9 @@ impl CompareReport {
                     fmt_duration_s(r.extras.get("solve_seconds").copied().unwrap_or(f64::NAN)),
                 );
             }
+            if let Some(line) = kfac_phases(&r.name, &r.extras) {
+                let _ = writeln!(md, "{line}\n");
+            }
             if r.stop_reason == "failed" || r.stop_reason == "interrupted" {
                 let _ = writeln!(md, "{} stopped: {}\n", r.name, escape_cell(&r.stop_detail));
             }
@@ -1040,5 +1043,73 @@ impl CompareReport {
             }
         }
         Ok(stale)
+    }
+}
+
+/// Where a K-FAC run's steps spent their time, and what a step cost in
+/// gradients timed within the same steps (the solver's phase extras); `None`
+/// for other runs.
+fn kfac_phases(name: &str, extras: &BTreeMap<String, f64>) -> Option<String> {
+    let steps = *extras.get("timed_steps")?;
+    let phases = [
+        ("gradient_seconds", "gradients"),
+        ("factor_seconds", "factors"),
+        ("inverse_seconds", "inverses"),
+        ("direction_seconds", "directions"),
+        ("model_seconds", "quadratic model"),
+        ("damping_seconds", "damping test"),
+    ];
+    let seconds: Vec<f64> = phases
+        .iter()
+        .map(|(key, _)| extras.get(*key).copied().unwrap_or(0.0))
+        .collect();
+    let total: f64 = seconds.iter().sum();
+    if steps < 1.0 || total <= 0.0 || seconds[0] <= 0.0 {
+        return None;
+    }
+    let shares: Vec<String> = phases
+        .iter()
+        .zip(&seconds)
+        .filter(|(_, s)| **s > 0.0)
+        .map(|((_, name), s)| format!("{name} {:.0}%", 100.0 * s / total))
+        .collect();
+    Some(format!(
+        "{}: {} steps timed in this process, {} a step: {}; a step cost {:.2} of its own \
+         mini-batch gradients.",
+        name,
+        steps,
+        fmt_duration_s(total / steps),
+        shares.join(", "),
+        total / seconds[0]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step's cost in gradients is the phases' total over the
+    /// gradient's share; runs without the extras get no line.
+    #[test]
+    fn kfac_phase_line_gives_the_step_in_gradients() {
+        let extras: BTreeMap<String, f64> = [
+            ("timed_steps", 10.0),
+            ("gradient_seconds", 2.0),
+            ("factor_seconds", 1.0),
+            ("direction_seconds", 1.0),
+            ("final_damping", 3.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let line = kfac_phases("kfac", &extras).expect("a K-FAC run");
+        assert!(line.contains("a step cost 2.00 of its own"), "{line}");
+        assert!(
+            line.contains("gradients 50%, factors 25%, directions 25%"),
+            "{line}"
+        );
+        assert!(!line.contains("inverses"), "{line}");
+        let other: BTreeMap<String, f64> = [("final_damping".to_string(), 1.0)].into();
+        assert_eq!(kfac_phases("hf", &other), None);
     }
 }

@@ -31,9 +31,11 @@ pub struct CompareArgs {
     /// --curvature ggn), trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2,
     /// laplace, seed, curvature_dtype, lr (SGD, Adam, K-FAC), damping
-    /// (Newton-CG, hf, K-FAC), momentum, adaptive, targets, inverse_every,
-    /// batch, stats_batch (K-FAC), hessian_batch (dense Newton) or max_time
-    /// for that run. One override
+    /// (Newton-CG, hf, K-FAC), curvature_batch and preconditioner
+    /// (Newton-CG, hf), momentum, adaptive, targets, inverse_every,
+    /// stats_every, batch, stats_batch, model_batch (K-FAC), hessian_batch
+    /// (dense Newton), max_time, checkpoint_every or trace_every for that
+    /// run. One override
     /// may list values, `adam@lr=1e-4|1e-3`: a grid whose points each get
     /// --grid-time, the best then continued to --max-time.
     #[arg(long, default_value = "sgd,newton-cg", value_name = "LIST")]

@@ -50,7 +50,6 @@ pub struct MlpObjective {
     loss: Arc<dyn Loss>,
 }
 
-/// One chunk's forward pass (see [`ChunkCache`] for the fields).
 /// How many of the activations' derivatives a forward pass keeps: each
 /// costs elementwise passes over every hidden unit of every row, so a pass
 /// keeps only what its caller uses.
@@ -64,6 +63,7 @@ enum Order {
     Second,
 }
 
+/// One chunk's forward pass (see [`ChunkCache`] for the fields).
 struct Forward {
     inputs: Vec<Tensor>,
     sparse_x: Option<Arc<CsrU8>>,

@@ -195,7 +195,7 @@ struct PhaseSeconds {
     direction: f64,
     /// Adaptive: the quadratic model's Gauss-Newton products.
     model: f64,
-    /// Adaptive: the loss after the step, for `ρ`.
+    /// Taking the step and, adaptive, the loss after it for `ρ`.
     damping: f64,
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reruns every committed comparison report from scratch (long: about an hour
-# on two cores, plus 55 minutes for the deep autoencoder and 5 for the projection). `cargo xtask report` only re-renders them from their data.
+# on two cores, plus 55 minutes for the deep autoencoder, 25 for K-FAC against Adam on it and 5 for the projection). `cargo xtask report` only re-renders them from their data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 

@@ -75,6 +75,15 @@ pub struct DataDirArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The ranks of the job this process was launched in, read from the
+/// variables MPI launchers set (OpenMPI, then PMIx and Hydra's PMI);
+/// `None` when no launcher started it.
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
         // Candle detaches gradients unless this is set before a thread's
@@ -87,7 +96,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Under mpirun every rank runs this; the job's ranks come first so
     // that only rank 0 logs at `info`.
-    let ranks = match ranks::join() {
+    let launched = launched_ranks();
+    let ranks = match ranks::join(launched) {
         Ok(r) => r,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -99,7 +109,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args, ranks.clone()),
         Command::MpiProbe(args) => mpi_study::probe(&args, ranks.clone()),
         other if ranks.as_ref().is_some_and(|r| r.size() > 1) => {
-            Err(ranks::single_process_only(other.name()).unwrap_err())
+            Err(ranks::single_process_only(other.name(), launched).unwrap_err())
         }
         Command::DataInfo(args) => data_info::run(&args),
         Command::Eval(args) => eval::run(&args),

@@ -12,21 +12,14 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use hessfree_model::Collective;
 
-/// The ranks of the job this process was launched in, read from the
-/// variables MPI launchers set (OpenMPI, then PMIx and Hydra's PMI);
-/// `None` when no launcher started it.
-pub fn launched_ranks() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-}
-
-/// The collective for this process: MPI when launched by an MPI launcher
-/// in a build with the feature; `None` for a plain process. Refuses a
-/// launch of several ranks in a build without MPI, which would run that
-/// many independent copies writing the same files.
-pub fn join() -> Result<Option<Arc<dyn Collective>>> {
-    match launched_ranks() {
+/// The collective for this process, given `launched`, the ranks of the job
+/// its launcher started (`None` when no launcher started it; the CLI reads
+/// it from the launcher's environment): MPI when launched in a build with
+/// the feature; `None` for a plain process. Refuses a launch of several
+/// ranks in a build without MPI, which would run that many independent
+/// copies writing the same files.
+pub fn join(launched: Option<usize>) -> Result<Option<Arc<dyn Collective>>> {
+    match launched {
         None => Ok(None),
         #[cfg(feature = "mpi")]
         Some(_) => Ok(Some(Arc::new(mpi::Mpi::world()?))),
@@ -41,9 +34,9 @@ pub fn join() -> Result<Option<Arc<dyn Collective>>> {
 }
 
 /// Refuses a command that runs in one process only when this job has
-/// several ranks.
-pub fn single_process_only(command: &str) -> Result<()> {
-    if let Some(n) = launched_ranks().filter(|&n| n > 1) {
+/// several ranks (`launched`, as for [`join`]).
+pub fn single_process_only(command: &str, launched: Option<usize>) -> Result<()> {
+    if let Some(n) = launched.filter(|&n| n > 1) {
         bail!(
             "`{command}` runs in one process; it was launched with {n} MPI ranks. Only \
              `compare` (and `mpi-bench`) are data-parallel: launch this one without mpirun"

@@ -31,8 +31,8 @@ pub struct CompareArgs {
     /// --curvature ggn), trust-region, lbfgs,
     /// dense-newton. Append `@key=value;...` to override init, l2,
     /// laplace, seed, curvature_dtype, lr (SGD, Adam, K-FAC), damping
-    /// (Newton-CG, hf, K-FAC), curvature_batch and preconditioner
-    /// (Newton-CG, hf), momentum, adaptive, targets, inverse_every,
+    /// (Newton-CG, hf, K-FAC), curvature_batch, gradient_batch and
+    /// preconditioner (Newton-CG, hf), momentum, adaptive, targets, inverse_every,
     /// stats_every, batch, stats_batch, model_batch (K-FAC), hessian_batch
     /// (dense Newton), max_time, checkpoint_every or trace_every for that
     /// run. One override
@@ -222,6 +222,11 @@ pub struct CompareArgs {
     /// iteration, the next N of one shuffle each time (hf's default: 15000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub curvature_batch: Option<u64>,
+    /// The gradient and line search of newton-cg and hf on N training rows
+    /// per iteration instead of the full set, the next N of one shuffle
+    /// each time; the curvature batch is then the first rows of it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub gradient_batch: Option<u64>,
 
     /// Initial trust-region radius.
     #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
@@ -354,6 +359,7 @@ impl CompareArgs {
                 warm_start: !self.no_warm_start,
                 cg_backtracking: !self.no_cg_backtracking,
                 curvature_batch: self.curvature_batch.map(|n| n as usize),
+                gradient_batch: self.gradient_batch.map(|n| n as usize),
             },
             trust_region: TrustRegionConfig {
                 initial_radius: self.tr_radius,

@@ -15,8 +15,8 @@ use hessfree_model::{
     Batches, CurvatureKind, Model, ModelSpec, Objective, Penalty, SoftmaxObjective,
 };
 use hessfree_solvers::{
-    AdamConfig, CurvatureBatches, DenseNewtonConfig, HfProblem, KfacConfig, LbfgsConfig,
-    NewtonCgConfig, RunOptions, SgdConfig, StopReason, StopRules, TrustRegionConfig,
+    AdamConfig, DenseNewtonConfig, HfProblem, KfacConfig, LbfgsConfig, NewtonCgConfig, RowBatches,
+    RunOptions, SgdConfig, StopReason, StopRules, TrustRegionConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -432,7 +432,7 @@ fn sgd_trace_is_evaluated_on_the_full_batch_every_k_steps() -> R<()> {
 #[test]
 fn hf_runs_newton_cg_with_martens_settings() -> R<()> {
     let config = NewtonCgConfig {
-        curvature_batches: Some(CurvatureBatches { size: 30, seed: 2 }),
+        curvature_batches: Some(RowBatches { size: 30, seed: 2 }),
         ..NewtonCgConfig::martens()
     };
     let hf = Method::Hf(config.clone());
@@ -497,6 +497,7 @@ fn run_defaults(curvature_batch: Option<usize>, hessian_fraction: f64) -> RunDef
             warm_start: true,
             cg_backtracking: true,
             curvature_batch,
+            gradient_batch: None,
         },
         trust_region: TrustRegionConfig::default(),
         lbfgs: LbfgsConfig::default(),
@@ -524,7 +525,7 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
     assert_eq!(
         *configs[0],
         NewtonCgConfig {
-            curvature_batches: Some(CurvatureBatches {
+            curvature_batches: Some(RowBatches {
                 size: 15_000,
                 seed: 9
             }),
@@ -545,7 +546,7 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
         };
         assert_eq!(
             c.curvature_batches,
-            Some(CurvatureBatches { size: 500, seed: 9 }),
+            Some(RowBatches { size: 500, seed: 9 }),
             "{}",
             p.label
         );
@@ -556,6 +557,27 @@ fn the_command_line_plans_hf_and_curvature_batches() -> R<()> {
     let err = plan("hf", &run_defaults(None, 0.5)).expect_err("hf with --hessian-fraction");
     assert!(format!("{err:#}").contains("--hessian-fraction"), "{err:#}");
     assert!(plan("newton-cg", &run_defaults(None, 0.5)).is_ok());
+
+    // Gradient batches: an override of hf and newton-cg, shuffled by the
+    // run's seed; the curvature batch must fit inside them.
+    let planned = plan(
+        "hf@gradient_batch=20000,newton-cg@gradient_batch=100",
+        &run_defaults(None, 1.0),
+    )?;
+    for (p, size) in planned.iter().zip([20_000, 100]) {
+        let (Method::Hf(c) | Method::NewtonCg(c)) = &p.method else {
+            panic!("planned {}", p.method.name());
+        };
+        assert_eq!(c.gradient_batches, Some(RowBatches { size, seed: 9 }));
+    }
+    let err = plan("hf@gradient_batch=1000", &run_defaults(None, 1.0))
+        .expect_err("a 15000-row curvature batch inside 1000-row gradient batches");
+    assert!(format!("{err:#}").contains("cannot be larger"), "{err:#}");
+    let err = plan("hf@gradient_batch=0", &run_defaults(None, 1.0)).expect_err("zero rows");
+    assert!(format!("{err:#}").contains("positive integer"), "{err:#}");
+    let err = plan("newton-cg@gradient_batch=100", &run_defaults(None, 0.5))
+        .expect_err("gradient batches with a fixed curvature sub-sample");
+    assert!(format!("{err:#}").contains("--hessian-fraction"), "{err:#}");
     Ok(())
 }
 

@@ -33,7 +33,7 @@ pub use dense_newton::{DenseNewton, DenseNewtonConfig};
 pub use error::{Result, SolverError};
 pub use kfac::{Kfac, KfacConfig};
 pub use lbfgs::{Lbfgs, LbfgsConfig};
-pub use newton_cg::{CurvatureBatches, NewtonCg, NewtonCgConfig};
+pub use newton_cg::{NewtonCg, NewtonCgConfig, RowBatches};
 pub use problem::{CurvatureOperator, HfProblem};
 pub use run::{
     CheckpointSink, Checkpointing, Evaluator, OnRecord, Resumable, RunLabel, RunOptions, RunOutput,

@@ -20,6 +20,8 @@
 //! - exact-Hessian or Gauss-Newton curvature, optionally on a fixed
 //!   sub-sample or on mini-batches that cycle through the training set, and
 //!   an optional diagonal preconditioner `(diag + λ)^α`;
+//! - optionally, the gradient and line search on large mini-batches that
+//!   cycle through the training set too, instead of the full objective;
 //! - on negative curvature (exact Hessian of a non-convex model), CG stops
 //!   and λ is raised past the offending curvature;
 //! - rejection of any step whose loss or gradient is not finite: the step is
@@ -93,7 +95,7 @@ pub struct NewtonCgConfig {
     /// New fields are left out of the JSON when off, so the settings (and
     /// checkpoint labels) of runs made before them are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub curvature_batches: Option<CurvatureBatches>,
+    pub curvature_batches: Option<RowBatches>,
     /// ρ from the curvature batch's loss, `(f_B(w + d) − f_B(w)) / q(d)`,
     /// as Martens computes it: `q` already has the batch's curvature, so
     /// the numerator then measures the model on the data it was built
@@ -104,6 +106,18 @@ pub struct NewtonCgConfig {
     /// `curvature_batches`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rho_on_curvature_batch: bool,
+    /// The gradient, the diagonal preconditioner, CG backtracking and the
+    /// line search on a different block of training rows each outer
+    /// iteration, cycling through the whole set, instead of the full
+    /// objective (Martens' "or a large batch" option: an iteration then
+    /// costs a batch, not several passes). The curvature batch is then the
+    /// first `curvature_batches.size` rows of this batch (all of it without
+    /// curvature batches), so the quadratic model, ρ and the line search
+    /// see the same cases; `curvature_batches.seed` is unused. The state's
+    /// loss and gradient are then the batch's, so the trace evaluates the
+    /// full objective itself, uncharged. `None`: the full objective.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_batches: Option<RowBatches>,
     /// Precondition CG with K-FAC's damped inverse instead of a diagonal:
     /// the Kronecker factors of the curvature batch (or the curvature
     /// objective) at each iterate, their `G` from these Fisher targets
@@ -124,11 +138,12 @@ pub struct NewtonCgConfig {
     pub warm_start_from_final: bool,
 }
 
-/// Curvature mini-batches: one seeded shuffle of the training rows, then
-/// consecutive blocks of `size` rows of it, wrapping round at the end, so
-/// every row is used once per `n` rows drawn.
+/// Mini-batches of training rows (for the curvature or the gradient): one
+/// seeded shuffle of the rows, then consecutive blocks of `size` rows of
+/// it, wrapping round at the end, so every row is used once per `n` rows
+/// drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CurvatureBatches {
+pub struct RowBatches {
     /// Rows per batch (at most the training set).
     pub size: usize,
     /// Seed of the shuffle ([`hessfree_data::permutation`], epoch 0).
@@ -158,6 +173,7 @@ impl Default for NewtonCgConfig {
             max_failures: 12,
             curvature_batches: None,
             rho_on_curvature_batch: false,
+            gradient_batches: None,
             kfac_preconditioner: None,
             cg_first_save: None,
             warm_start_from_final: false,
@@ -217,7 +233,7 @@ impl NewtonCgConfig {
             armijo_c: 1e-2,
             line_search_shrink: 0.8,
             line_search_max_steps: 59,
-            curvature_batches: Some(CurvatureBatches {
+            curvature_batches: Some(RowBatches {
                 size: 15_000,
                 seed: 0,
             }),
@@ -302,6 +318,22 @@ impl NewtonCgConfig {
                 "curvature batch size must be at least 1".into(),
             ));
         }
+        if let Some(g) = self.gradient_batches {
+            if g.size == 0 {
+                return Err(SolverError::Config(
+                    "gradient batch size must be at least 1".into(),
+                ));
+            }
+            if let Some(c) = self.curvature_batches
+                && c.size > g.size
+            {
+                return Err(SolverError::Config(format!(
+                    "the curvature batch ({} rows) is taken from the gradient batch ({} rows) \
+                     and cannot be larger",
+                    c.size, g.size
+                )));
+            }
+        }
         if self.rho_on_curvature_batch && self.curvature_batches.is_none() {
             return Err(SolverError::Config(
                 "rho on the curvature batch needs curvature batches".into(),
@@ -322,11 +354,77 @@ pub struct NewtonCg {
     damping: f64,
     previous: Option<Tensor>,
     failures: usize,
-    /// The shuffled training rows the curvature batches walk through; made
-    /// from the seed when the run starts or resumes.
-    batch_order: Option<Vec<usize>>,
-    /// Where in `batch_order` the next curvature batch starts.
-    batch_position: usize,
+    /// Where the curvature batches are in their shuffled rows; made from
+    /// the seed when the run starts or resumes. `None` without curvature
+    /// batches, and with gradient batches (which the curvature rows are
+    /// taken from).
+    curvature_cursor: Option<BatchCursor>,
+    /// Where the gradient batches are in theirs.
+    gradient_cursor: Option<BatchCursor>,
+}
+
+/// A walk through one seeded shuffle of the training rows, block by block
+/// ([`RowBatches`]).
+#[derive(Clone, Debug)]
+struct BatchCursor {
+    order: Vec<usize>,
+    /// Where in `order` the next block starts.
+    position: usize,
+}
+
+impl BatchCursor {
+    /// The cursor of `batches` over a problem's training rows, refused when
+    /// a batch would exceed them or when the curvature objective is a fixed
+    /// sub-sample (its row numbers are not the training set's).
+    fn new(batches: RowBatches, what: &str, prob: &HfProblem) -> Result<Self> {
+        let n = prob.num_samples();
+        if batches.size > n {
+            return Err(SolverError::Config(format!(
+                "{what} batch size {} exceeds the {n} training samples",
+                batches.size
+            )));
+        }
+        let m = prob.curvature_objective().num_samples();
+        if m != n {
+            return Err(SolverError::Config(format!(
+                "{what} batches cycle through all {n} training samples, but the curvature \
+                 objective is a fixed sub-sample of {m}; use one or the other"
+            )));
+        }
+        Ok(Self {
+            order: hessfree_data::permutation(n, batches.seed, 0),
+            position: 0,
+        })
+    }
+
+    /// The next `size` rows, advancing the cursor.
+    fn next(&mut self, size: usize) -> Vec<usize> {
+        let n = self.order.len();
+        let rows = (0..size)
+            .map(|j| self.order[(self.position + j) % n])
+            .collect();
+        self.position = (self.position + size) % n;
+        rows
+    }
+
+    /// Puts the cursor back where a checkpoint had it.
+    fn restore(&mut self, what: &str, saved: Option<usize>) -> Result<()> {
+        self.position = match saved {
+            Some(p) if p < self.order.len() => p,
+            Some(p) => {
+                return Err(SolverError::Config(format!(
+                    "the checkpoint's {what} batch position {p} is past the {} training samples",
+                    self.order.len()
+                )));
+            }
+            None => {
+                return Err(SolverError::Config(format!(
+                    "the checkpoint has no {what} batch position"
+                )));
+            }
+        };
+        Ok(())
+    }
 }
 
 impl NewtonCg {
@@ -338,8 +436,8 @@ impl NewtonCg {
             config,
             previous: None,
             failures: 0,
-            batch_order: None,
-            batch_position: 0,
+            curvature_cursor: None,
+            gradient_cursor: None,
         })
     }
 
@@ -349,50 +447,31 @@ impl NewtonCg {
     }
 
     /// Where in the shuffled rows the next curvature batch starts, when the
-    /// curvature is on batches.
+    /// curvature is on batches of its own.
     pub fn curvature_batch_position(&self) -> Option<usize> {
-        self.config.curvature_batches.map(|_| self.batch_position)
+        self.curvature_cursor.as_ref().map(|c| c.position)
     }
 
-    /// Checks the curvature batches against the problem and makes their
-    /// order. A fixed curvature sub-sample is refused: its row numbers are
-    /// not the training set's.
+    /// Where in the shuffled rows the next gradient batch starts, when the
+    /// gradient is on batches.
+    pub fn gradient_batch_position(&self) -> Option<usize> {
+        self.gradient_cursor.as_ref().map(|c| c.position)
+    }
+
+    /// Checks the batches against the problem and makes their orders.
     fn prepare_batches(&mut self, prob: &HfProblem) -> Result<()> {
-        let Some(batches) = self.config.curvature_batches else {
-            return Ok(());
+        let c = &self.config;
+        self.gradient_cursor = match c.gradient_batches {
+            Some(b) => Some(BatchCursor::new(b, "gradient", prob)?),
+            None => None,
         };
-        let n = prob.num_samples();
-        if batches.size > n {
-            return Err(SolverError::Config(format!(
-                "curvature batch size {} exceeds the {n} training samples",
-                batches.size
-            )));
-        }
-        let m = prob.curvature_objective().num_samples();
-        if m != n {
-            return Err(SolverError::Config(format!(
-                "curvature batches cycle through all {n} training samples, but the curvature \
-                 objective is a fixed sub-sample of {m}; use one or the other"
-            )));
-        }
-        self.batch_order = Some(hessfree_data::permutation(n, batches.seed, 0));
+        self.curvature_cursor = match c.curvature_batches {
+            Some(b) if c.gradient_batches.is_none() => {
+                Some(BatchCursor::new(b, "curvature", prob)?)
+            }
+            _ => None,
+        };
         Ok(())
-    }
-
-    /// The rows of the next curvature batch, advancing the cursor.
-    fn next_batch_rows(&mut self) -> Result<Option<Vec<usize>>> {
-        let Some(batches) = self.config.curvature_batches else {
-            return Ok(None);
-        };
-        let order = self.batch_order.as_ref().ok_or_else(|| {
-            SolverError::Argmin("curvature batches were not prepared before the first step".into())
-        })?;
-        let n = order.len();
-        let rows = (0..batches.size)
-            .map(|j| order[(self.batch_position + j) % n])
-            .collect();
-        self.batch_position = (self.batch_position + batches.size) % n;
-        Ok(Some(rows))
     }
 
     fn raise_damping(&mut self) {
@@ -402,15 +481,42 @@ impl NewtonCg {
     fn step(&mut self, prob: &HfProblem, w: Tensor, g: Tensor, f: f64) -> Result<(HfStep, KV)> {
         let c = self.config.clone();
         let lambda = self.damping;
+        // The problem the gradient and the line search are on: this
+        // iteration's gradient batch, or the full objective (whose `f` and
+        // `g` the state carries).
+        let gradient_rows = match (&mut self.gradient_cursor, c.gradient_batches) {
+            (Some(cursor), Some(b)) => Some(cursor.next(b.size)),
+            _ => None,
+        };
+        let (gradient_batch, f, g) = match &gradient_rows {
+            Some(rows) => {
+                let on = prob.rows(rows)?;
+                let (f, g) = on.loss_and_grad(&w)?;
+                if !f.is_finite() || !vec::all_finite(&g)? {
+                    return Err(SolverError::Diverged(format!(
+                        "the gradient batch's loss or gradient is not finite at the current \
+                         point (f = {f})"
+                    )));
+                }
+                (Some(on), f, g)
+            }
+            None => (None, f, g),
+        };
+        let lp = gradient_batch.as_ref().unwrap_or(prob);
         let g_norm = vec::norm(&g)?;
-        let batch = match self.next_batch_rows()? {
+        let curvature_rows = match (&gradient_rows, &mut self.curvature_cursor) {
+            (Some(rows), _) => c.curvature_batches.map(|b| rows[..b.size].to_vec()),
+            (None, Some(cursor)) => c.curvature_batches.map(|b| cursor.next(b.size)),
+            (None, None) => None,
+        };
+        let batch = match curvature_rows {
             Some(rows) => Some(prob.rows(&rows)?),
             None => None,
         };
-        let op: Arc<dyn LinOp> = Arc::new(batch.as_ref().unwrap_or(prob).curvature(&w)?);
+        let on = batch.as_ref().unwrap_or(lp);
+        let op: Arc<dyn LinOp> = Arc::new(on.curvature(&w)?);
         let damped = Damped::new(op, lambda);
         let minv: Option<Box<dyn LinOp>> = if let Some(targets) = &c.kfac_preconditioner {
-            let on = batch.as_ref().unwrap_or(prob);
             on.counters().touch(on.curvature_objective().num_samples());
             // Seeded by the point (its gradient's norm), so that a resumed
             // run draws the same targets.
@@ -426,7 +532,7 @@ impl NewtonCg {
                 w.dtype(),
             )?))
         } else if c.preconditioner {
-            let d = prob.diag_curvature(&w)?;
+            let d = lp.diag_curvature(&w)?;
             Some(Box::new(Diagonal::new(
                 (d + lambda)?.powf(-c.preconditioner_exponent)?,
             )))
@@ -451,7 +557,7 @@ impl NewtonCg {
         // CG backtracking: walk back from the last kept iterate while the
         // objective keeps improving.
         let trial = |x: &Tensor| -> Result<f64> {
-            let f = prob.loss(&vec::axpy(&w, 1.0, x)?)?;
+            let f = lp.loss(&vec::axpy(&w, 1.0, x)?)?;
             Ok(if f.is_finite() { f } else { f64::INFINITY })
         };
         let mut chosen = out.iterates.len() - 1;
@@ -513,12 +619,18 @@ impl NewtonCg {
             max_steps: c.line_search_max_steps,
         };
         let mut alpha = 0.0;
-        let accepted_point = match armijo(prob, &w, &d, f, gd, Some(f_chosen), ls)? {
-            Some((a, _)) => {
+        let accepted_point = match armijo(lp, &w, &d, f, gd, Some(f_chosen), ls)? {
+            Some((a, f_a)) => {
                 alpha = a;
                 let w_new = vec::axpy(&w, a, &d)?;
-                let (f_new, g_new) = prob.loss_and_grad(&w_new)?;
-                (f_new.is_finite() && vec::all_finite(&g_new)?).then_some((w_new, f_new, g_new))
+                if gradient_batch.is_some() {
+                    // The next iteration takes its gradient on its own
+                    // batch; the state keeps this batch's loss and gradient.
+                    f_a.is_finite().then_some((w_new, f_a, g.clone()))
+                } else {
+                    let (f_new, g_new) = prob.loss_and_grad(&w_new)?;
+                    (f_new.is_finite() && vec::all_finite(&g_new)?).then_some((w_new, f_new, g_new))
+                }
             }
             None => None,
         };
@@ -613,6 +725,9 @@ pub struct NewtonCgState {
     /// without curvature batches (and in checkpoints written before them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curvature_batch_position: Option<usize>,
+    /// Where the next gradient batch starts; `None` without gradient batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_batch_position: Option<usize>,
 }
 
 impl Resumable<HfState> for NewtonCg {
@@ -630,6 +745,7 @@ impl Resumable<HfState> for NewtonCg {
                 damping_bits: self.damping.to_bits(),
                 failures: self.failures,
                 curvature_batch_position: self.curvature_batch_position(),
+                gradient_batch_position: self.gradient_batch_position(),
             },
         )
     }
@@ -647,23 +763,14 @@ impl Resumable<HfState> for NewtonCg {
             damping_bits,
             failures,
             curvature_batch_position,
+            gradient_batch_position,
         } = saved.solver_state(NAME)?;
         self.prepare_batches(hf_problem(problem)?)?;
-        if let Some(order) = &self.batch_order {
-            self.batch_position = match curvature_batch_position {
-                Some(p) if p < order.len() => p,
-                Some(p) => {
-                    return Err(SolverError::Config(format!(
-                        "the checkpoint's curvature batch position {p} is past the {} training samples",
-                        order.len()
-                    )));
-                }
-                None => {
-                    return Err(SolverError::Config(
-                        "the checkpoint has no curvature batch position".into(),
-                    ));
-                }
-            };
+        if let Some(cursor) = &mut self.curvature_cursor {
+            cursor.restore("curvature", curvature_batch_position)?;
+        }
+        if let Some(cursor) = &mut self.gradient_cursor {
+            cursor.restore("gradient", gradient_batch_position)?;
         }
         let device = param_device(&state)?;
         if state.get_gradient().is_none() {
@@ -677,5 +784,10 @@ impl Resumable<HfState> for NewtonCg {
 
     fn extras(&self) -> BTreeMap<String, f64> {
         BTreeMap::from([("final_damping".to_string(), self.damping())])
+    }
+
+    /// With gradient batches the state holds a batch's loss and gradient.
+    fn full_batch_state(&self) -> bool {
+        self.config.gradient_batches.is_none()
     }
 }

@@ -99,6 +99,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                         damping_bits: 0.5f64.to_bits(),
                         failures: 1,
                         curvature_batch_position: None,
+                        gradient_batch_position: None,
                     },
                 )
                 .expect("state serialises"),

@@ -2,7 +2,9 @@
 //! shuffle of the training rows, CG iterates kept from 5 on, the preset's
 //! settings refused or accepted as they should be, a run with curvature
 //! batches stopped by a budget and resumed bit for bit, convergence on a
-//! small least-squares problem, and non-finite steps still rejected.
+//! small least-squares problem, and non-finite steps still rejected; and
+//! the option of gradients on large batches, with the curvature batch
+//! inside each.
 
 mod common;
 
@@ -16,8 +18,8 @@ use hessfree_model::cg::{CgOptions, CgStop, conjugate_gradient, save_points};
 use hessfree_model::{CurvatureKind, LinOp, Objective, ParamLayout};
 use hessfree_solvers::newton_cg::NewtonCgState;
 use hessfree_solvers::{
-    CurvatureBatches, HfProblem, NewtonCg, NewtonCgConfig, RunOptions, RunOutput, StopReason,
-    StopRules, run_solver,
+    HfProblem, NewtonCg, NewtonCgConfig, RowBatches, RunOptions, RunOutput, StopReason, StopRules,
+    run_solver,
 };
 
 type R<T> = anyhow::Result<T>;
@@ -70,8 +72,8 @@ fn iters(max_iters: u64) -> RunOptions {
     }
 }
 
-fn batches(size: usize, seed: u64) -> Option<CurvatureBatches> {
-    Some(CurvatureBatches { size, seed })
+fn batches(size: usize, seed: u64) -> Option<RowBatches> {
+    Some(RowBatches { size, seed })
 }
 
 /// Martens' settings with batches of `size` rows (his preset's 15000 is
@@ -299,6 +301,173 @@ fn martens_preset_and_its_settings_are_checked() -> R<()> {
     )
     .expect_err("batches of a fixed sub-sample");
     assert!(err.to_string().contains("fixed sub-sample of 4"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn gradient_batches_walk_the_shuffle_and_hold_each_curvature_batch() -> R<()> {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let objective = Arc::new(Recording {
+        inner: LeastSquares::fixture(12, 3),
+        asked: asked.clone(),
+    });
+    let config = NewtonCgConfig {
+        gradient_batches: batches(8, 7),
+        curvature_batches: batches(3, 99),
+        ..NewtonCgConfig::default()
+    };
+    let (ck, saved) = collecting(1);
+    let out = run_solver(
+        HfProblem::full(objective.clone(), CurvatureKind::GaussNewton),
+        NewtonCg::new(config)?,
+        t(&[0.3, -0.2, 0.1]),
+        RunOptions {
+            checkpoint: Some(ck),
+            ..iters(5)
+        },
+    )?;
+    assert_eq!(out.stop, StopReason::MaxIterations);
+
+    // Each iteration asks for its gradient batch, then for the curvature
+    // batch: the first 3 of those 8 rows (the curvature seed is unused).
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 10, "two sub-samples per outer iteration");
+    let order = permutation(12, 7, 0);
+    for (k, pair) in asked.chunks(2).enumerate() {
+        let expected: Vec<usize> = (0..8).map(|j| order[(8 * k + j) % 12]).collect();
+        assert_eq!(pair[0], expected, "gradient batch {k}");
+        assert_eq!(pair[1], expected[..3], "curvature batch {k}");
+    }
+
+    // The state holds batch values, so the trace evaluates the full
+    // objective itself: its last record is the full loss at the result.
+    let last = out.trace.last().expect("a trace");
+    assert_eq!(last.objective, objective.inner.loss(&out.params)?);
+    // One full gradient at the start, then one batch gradient of 8 rows
+    // per iteration, and no other gradient.
+    assert_eq!(out.counts.grad_evals, 6);
+
+    let positions: Vec<(Option<usize>, Option<usize>)> = saved
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.meta.finished.is_none())
+        .map(|s| {
+            let state: NewtonCgState = s.solver_state("newton-cg").unwrap();
+            (
+                state.gradient_batch_position,
+                state.curvature_batch_position,
+            )
+        })
+        .collect();
+    assert_eq!(
+        positions[..4],
+        [
+            (Some(8), None),
+            (Some(4), None),
+            (Some(0), None),
+            (Some(8), None)
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn hf_with_gradient_batches_stopped_by_a_budget_resumes_bit_for_bit() -> R<()> {
+    let ls = Arc::new(LeastSquares::fixture(40, 4));
+    let config = NewtonCgConfig {
+        gradient_batches: batches(16, 5),
+        ..martens(7, 3)
+    };
+    let full = hf_run(&ls, &config, iters(10))?;
+    assert_eq!(full.stop, StopReason::MaxIterations);
+    assert!(full.trace[10].objective < full.trace[0].objective);
+
+    let (ck, saved) = collecting(2);
+    let stopped = hf_run(
+        &ls,
+        &config,
+        RunOptions {
+            checkpoint: Some(ck),
+            ..iters(7)
+        },
+    )?;
+    assert_eq!(stopped.trace.last().map(|r| r.iter), Some(7));
+    let last = saved
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|s| s.meta.finished.is_none())
+        .expect("a periodic checkpoint")
+        .clone();
+    assert_eq!(last.meta.iter, 6);
+    let state: NewtonCgState = last.solver_state("newton-cg")?;
+    // Six batches of 16 from 40 rows: 96 drawn, 16 into the third cycle.
+    assert_eq!(state.gradient_batch_position, Some(16));
+    assert_eq!(state.curvature_batch_position, None);
+
+    let resumed = hf_run(
+        &ls,
+        &config,
+        RunOptions {
+            resume: Some(Arc::new(last.clone())),
+            ..iters(10)
+        },
+    )?;
+    assert_eq!(bits(&resumed.params), bits(&full.params));
+    assert_eq!(untimed(&resumed), untimed(&full));
+    assert_eq!(resumed.counts, full.counts);
+
+    // A gradient batch of every row is the full set in a shuffled order:
+    // the same trajectory as full gradients, to rounding in the sums.
+    let plain = NewtonCgConfig {
+        gradient_batches: None,
+        curvature_batches: None,
+        rho_on_curvature_batch: false,
+        ..config.clone()
+    };
+    let whole = hf_run(
+        &ls,
+        &NewtonCgConfig {
+            gradient_batches: batches(40, 5),
+            ..plain.clone()
+        },
+        iters(6),
+    )?;
+    let reference = hf_run(&ls, &plain, iters(6))?;
+    assert_eq!(whole.trace.len(), reference.trace.len());
+    for (a, b) in whole.trace.iter().zip(&reference.trace) {
+        let rel = (a.objective - b.objective).abs() / b.objective.abs();
+        assert!(
+            rel < 1e-12,
+            "iter {}: {} vs {}",
+            a.iter,
+            a.objective,
+            b.objective
+        );
+    }
+    // Full gradients and an Armijo search: every accepted step descends.
+    assert!(
+        reference
+            .trace
+            .windows(2)
+            .all(|p| p[1].objective < p[0].objective)
+    );
+
+    let err = hf_run(
+        &ls,
+        &NewtonCgConfig {
+            gradient_batches: batches(50, 5),
+            ..config
+        },
+        iters(1),
+    )
+    .expect_err("gradient batches larger than the data");
+    assert!(
+        err.to_string()
+            .contains("gradient batch size 50 exceeds the 40"),
+        "{err}"
+    );
     Ok(())
 }
 

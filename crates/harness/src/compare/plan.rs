@@ -12,8 +12,8 @@
 
 use anyhow::{Context, Result, bail};
 use hessfree_solvers::{
-    AdamConfig, CurvatureBatches, DenseNewtonConfig, KfacConfig, LbfgsConfig, NewtonCgConfig,
-    SgdConfig, TrustRegionConfig,
+    AdamConfig, DenseNewtonConfig, KfacConfig, LbfgsConfig, NewtonCgConfig, RowBatches, SgdConfig,
+    TrustRegionConfig,
 };
 
 use crate::experiment::ProblemSpec;
@@ -36,6 +36,8 @@ pub struct NewtonSettings {
     /// Rows per curvature mini-batch (Newton-CG: off when `None`; hf: its
     /// preset's size when `None`).
     pub curvature_batch: Option<usize>,
+    /// Rows per gradient mini-batch (off when `None`: the full set).
+    pub gradient_batch: Option<usize>,
 }
 
 impl NewtonSettings {
@@ -53,10 +55,11 @@ impl NewtonSettings {
             kfac_preconditioner: self.kfac_preconditioner.clone(),
             warm_start_decay: self.warm_start.then_some(0.95),
             cg_backtracking: self.cg_backtracking,
-            curvature_batches: self.curvature_batch.map(|size| CurvatureBatches {
+            curvature_batches: self.curvature_batch.map(|size| RowBatches {
                 size,
                 seed: spec.seed,
             }),
+            gradient_batches: self.gradient_batches(spec),
             ..defaults
         }
     }
@@ -71,12 +74,20 @@ impl NewtonSettings {
             .or(preset.curvature_batches.map(|b| b.size));
         NewtonCgConfig {
             initial_damping: self.damping.unwrap_or(preset.initial_damping),
-            curvature_batches: size.map(|size| CurvatureBatches {
+            curvature_batches: size.map(|size| RowBatches {
                 size,
                 seed: spec.seed,
             }),
+            gradient_batches: self.gradient_batches(spec),
             ..preset
         }
+    }
+
+    fn gradient_batches(&self, spec: &ProblemSpec) -> Option<RowBatches> {
+        self.gradient_batch.map(|size| RowBatches {
+            size,
+            seed: spec.seed,
+        })
     }
 }
 
@@ -143,7 +154,7 @@ pub struct PlannedRun {
 /// `trace_every` sets the run's trace interval (a K-FAC step costs many
 /// SGD steps, so it wants a shorter one than `--sgd-eval-every`).
 const OVERRIDES: &str = "init, l2, laplace, seed, curvature_dtype, hessian_fraction, lr, damping, \
-     curvature_batch, hessian_batch, max_time, checkpoint_every, momentum, adaptive, targets, \
+     curvature_batch, gradient_batch, hessian_batch, max_time, checkpoint_every, momentum, adaptive, targets, \
      inverse_every, stats_every, batch, stats_batch, model_batch, preconditioner, trace_every";
 
 /// The runs of a comma-separated `optimizers` list.
@@ -340,6 +351,14 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
                 newton.curvature_batch = Some(rows);
             }
+            "gradient_batch" => {
+                let rows: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
+                newton.gradient_batch = Some(rows);
+            }
             "max_time" => {
                 let v = num()?;
                 if !(v.is_finite() && v > 0.0) {
@@ -405,12 +424,12 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
         .validate()
         .with_context(|| format!("run `{token}`"))?;
     if let Method::NewtonCg(c) | Method::Hf(c) = &method
-        && c.curvature_batches.is_some()
+        && (c.curvature_batches.is_some() || c.gradient_batches.is_some())
         && spec.hessian_fraction < 1.0
     {
         bail!(
-            "run `{token}`: curvature batches cycle through the whole training set; \
-             drop --hessian-fraction or the curvature batches"
+            "run `{token}`: curvature and gradient batches cycle through the whole training \
+             set; drop --hessian-fraction or the batches"
         );
     }
     let is_sgd = matches!(method, Method::Sgd(_) | Method::Adam(_) | Method::Kfac(_));

@@ -283,6 +283,13 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                 .parse::<f64>()
                 .with_context(|| format!("override `{kv}` in `{token}`: `{value}` is not a number"))
         };
+        let positive = || -> Result<usize> {
+            value
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("override `{kv}`: expected a positive integer"))
+        };
         match key {
             "init" => spec.init = value.to_string(),
             "l2" => spec.l2 = num()?,
@@ -297,15 +304,7 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
             }
             "curvature_dtype" => spec.curvature_dtype = Some(value.to_string()),
             "hessian_fraction" => spec.hessian_fraction = num()?,
-            "checkpoint_every" => {
-                checkpoint_every = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|&n: &u64| n > 0)
-                        .with_context(|| format!("override `{kv}`: expected a positive integer"))?,
-                );
-            }
+            "checkpoint_every" => checkpoint_every = Some(positive()? as u64),
             "lr" => {
                 sgd.learning_rate = num()?;
                 adam.learning_rate = sgd.learning_rate;
@@ -319,21 +318,9 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                     .with_context(|| format!("override `{kv}`: expected true or false"))?;
             }
             "targets" => kfac.targets = value.to_string(),
-            "trace_every" => {
-                trace_every = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|&n: &u64| n > 0)
-                        .with_context(|| format!("override `{kv}`: expected a positive integer"))?,
-                );
-            }
+            "trace_every" => trace_every = Some(positive()? as u64),
             "inverse_every" | "stats_every" | "batch" | "stats_batch" | "model_batch" => {
-                let n: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
+                let n = positive()?;
                 match key {
                     "inverse_every" => kfac.inverse_every = n as u64,
                     "stats_every" => kfac.stats_every = n as u64,
@@ -343,22 +330,8 @@ fn plan_one(token: &str, defaults: &RunDefaults) -> Result<PlannedRun> {
                 }
             }
             "damping" => damping = Some(num()?),
-            "curvature_batch" => {
-                let rows: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
-                newton.curvature_batch = Some(rows);
-            }
-            "gradient_batch" => {
-                let rows: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .with_context(|| format!("override `{kv}`: expected a positive integer"))?;
-                newton.gradient_batch = Some(rows);
-            }
+            "curvature_batch" => newton.curvature_batch = Some(positive()?),
+            "gradient_batch" => newton.gradient_batch = Some(positive()?),
             "max_time" => {
                 let v = num()?;
                 if !(v.is_finite() && v > 0.0) {

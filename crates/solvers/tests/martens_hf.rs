@@ -85,17 +85,21 @@ fn martens(size: usize, seed: u64) -> NewtonCgConfig {
     }
 }
 
-#[test]
-fn curvature_batches_visit_every_row_once_per_cycle_in_the_shuffled_order() -> R<()> {
+/// A run from a fixed start on the 12-row fixture, with the rows of every
+/// sub-sample it asked for and the solver state of every periodic
+/// checkpoint (with its iteration), for the batch tests.
+struct RecordedRun {
+    out: RunOutput,
+    asked: Vec<Vec<usize>>,
+    states: Vec<(u64, NewtonCgState)>,
+}
+
+fn recorded_run(config: NewtonCgConfig, max_iters: u64) -> R<RecordedRun> {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let objective = Arc::new(Recording {
         inner: LeastSquares::fixture(12, 3),
         asked: asked.clone(),
     });
-    let config = NewtonCgConfig {
-        curvature_batches: batches(5, 7),
-        ..NewtonCgConfig::default()
-    };
     let (ck, saved) = collecting(1);
     let out = run_solver(
         HfProblem::full(objective, CurvatureKind::GaussNewton),
@@ -103,12 +107,29 @@ fn curvature_batches_visit_every_row_once_per_cycle_in_the_shuffled_order() -> R
         t(&[0.3, -0.2, 0.1]),
         RunOptions {
             checkpoint: Some(ck),
-            ..iters(7)
+            ..iters(max_iters)
         },
     )?;
+    let states = saved
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.meta.finished.is_none())
+        .map(|s| Ok((s.meta.iter, s.solver_state("newton-cg")?)))
+        .collect::<R<_>>()?;
+    let asked = asked.lock().unwrap().clone();
+    Ok(RecordedRun { out, asked, states })
+}
+
+#[test]
+fn curvature_batches_visit_every_row_once_per_cycle_in_the_shuffled_order() -> R<()> {
+    let config = NewtonCgConfig {
+        curvature_batches: batches(5, 7),
+        ..NewtonCgConfig::default()
+    };
+    let RecordedRun { out, asked, states } = recorded_run(config, 7)?;
     assert_eq!(out.stop, StopReason::MaxIterations);
 
-    let asked = asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 7, "one curvature batch per outer iteration");
     assert!(asked.iter().all(|b| b.len() == 5));
     let order = permutation(12, 7, 0);
@@ -125,15 +146,9 @@ fn curvature_batches_visit_every_row_once_per_cycle_in_the_shuffled_order() -> R
     }
 
     // The cursor after k iterations is 5k mod 12, in every checkpoint.
-    let positions: Vec<(u64, Option<usize>)> = saved
-        .lock()
-        .unwrap()
+    let positions: Vec<(u64, Option<usize>)> = states
         .iter()
-        .filter(|s| s.meta.finished.is_none())
-        .map(|s| {
-            let state: NewtonCgState = s.solver_state("newton-cg").unwrap();
-            (s.meta.iter, state.curvature_batch_position)
-        })
+        .map(|(iter, state)| (*iter, state.curvature_batch_position))
         .collect();
     let expected: Vec<(u64, Option<usize>)> =
         (1..=6).map(|k| (k, Some((5 * k as usize) % 12))).collect();
@@ -306,31 +321,16 @@ fn martens_preset_and_its_settings_are_checked() -> R<()> {
 
 #[test]
 fn gradient_batches_walk_the_shuffle_and_hold_each_curvature_batch() -> R<()> {
-    let asked = Arc::new(Mutex::new(Vec::new()));
-    let objective = Arc::new(Recording {
-        inner: LeastSquares::fixture(12, 3),
-        asked: asked.clone(),
-    });
     let config = NewtonCgConfig {
         gradient_batches: batches(8, 7),
         curvature_batches: batches(3, 99),
         ..NewtonCgConfig::default()
     };
-    let (ck, saved) = collecting(1);
-    let out = run_solver(
-        HfProblem::full(objective.clone(), CurvatureKind::GaussNewton),
-        NewtonCg::new(config)?,
-        t(&[0.3, -0.2, 0.1]),
-        RunOptions {
-            checkpoint: Some(ck),
-            ..iters(5)
-        },
-    )?;
+    let RecordedRun { out, asked, states } = recorded_run(config, 5)?;
     assert_eq!(out.stop, StopReason::MaxIterations);
 
     // Each iteration asks for its gradient batch, then for the curvature
     // batch: the first 3 of those 8 rows (the curvature seed is unused).
-    let asked = asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 10, "two sub-samples per outer iteration");
     let order = permutation(12, 7, 0);
     for (k, pair) in asked.chunks(2).enumerate() {
@@ -342,18 +342,17 @@ fn gradient_batches_walk_the_shuffle_and_hold_each_curvature_batch() -> R<()> {
     // The state holds batch values, so the trace evaluates the full
     // objective itself: its last record is the full loss at the result.
     let last = out.trace.last().expect("a trace");
-    assert_eq!(last.objective, objective.inner.loss(&out.params)?);
+    assert_eq!(
+        last.objective,
+        LeastSquares::fixture(12, 3).loss(&out.params)?
+    );
     // One full gradient at the start, then one batch gradient of 8 rows
     // per iteration, and no other gradient.
     assert_eq!(out.counts.grad_evals, 6);
 
-    let positions: Vec<(Option<usize>, Option<usize>)> = saved
-        .lock()
-        .unwrap()
+    let positions: Vec<(Option<usize>, Option<usize>)> = states
         .iter()
-        .filter(|s| s.meta.finished.is_none())
-        .map(|s| {
-            let state: NewtonCgState = s.solver_state("newton-cg").unwrap();
+        .map(|(_, state)| {
             (
                 state.gradient_batch_position,
                 state.curvature_batch_position,
